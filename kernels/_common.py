@@ -1,0 +1,45 @@
+"""Launch helpers shared by every kernels module: autotuning, device facts, accumulator types."""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonprop import backend
+
+
+def autotune(configs, key, **kwargs):
+    """`triton.autotune`, except that under the interpreter only the first config is kept.
+
+    With more than one config the interpreter tries to benchmark them and fails when the machine
+    has no GPU driver ("0 active drivers"); the first config must therefore be a sound default.
+    """
+    if backend.interpreting():
+        configs = configs[:1]
+    return triton.autotune(configs=configs, key=key, **kwargs)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def parallel_programs(device: torch.device) -> int:
+    """How many programs a split reduction should aim for to fill the device.
+
+    Under the interpreter every program costs Python time, so a handful is the right target.
+    """
+    if device.type != "cuda" or backend.interpreting():
+        return 4
+    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def accumulator_dtype(dtype: torch.dtype):
+    """fp64 inputs accumulate in fp64 (gradcheck needs it); everything else in fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def accumulator_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32

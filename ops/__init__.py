@@ -1,0 +1,9 @@
+"""Drop-in replacements for torch.nn and torch.nn.functional, computed by tritonprop's kernels.
+
+    from tritonprop import ops
+    bn = ops.BatchNorm2d(64)                 # instead of torch.nn.BatchNorm2d(64)
+    y = ops.batch_norm(x, rm, rv, training=True)   # instead of F.batch_norm
+"""
+from tritonprop.ops.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
+
+__all__ = ["batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]

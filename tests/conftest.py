@@ -1,0 +1,40 @@
+"""Shared fixtures: the device parameter, the per-dtype tolerance table, a seed, the slow marker.
+
+`slow` tests are excluded by the default addopts in pyproject.toml (`-m 'not slow'`); run them
+with `pytest -m slow`.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import tritonprop  # noqa: F401  (sets TRITON_INTERPRET before any kernel is decorated)
+from helpers import TOLERANCES
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """cpu always (kernels interpreted); cuda when present (kernels compiled)."""
+    if request.param == "cpu" and not tritonprop.backend.interpreting():
+        pytest.skip("CPU tensors need the Triton interpreter; this process compiles kernels for CUDA")
+    return torch.device(request.param)
+
+
+@pytest.fixture
+def tolerance():
+    """The per-dtype tolerance table: dtype -> dict(atol=..., rtol=...)."""
+    return TOLERANCES
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    """Every test starts from the same seed, so failures reproduce."""
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    return 0

@@ -1,0 +1,129 @@
+"""One-line checks for every op test.
+
+    assert_gradcheck(ops.batch_norm, x, rm, rv, w, b, training=True)
+        torch.autograd.gradcheck in float64 of a tritonprop op.
+    assert_matches(ops.batch_norm, {"reference": ref.batch_norm, "torch": F.batch_norm}, x, rm, rv, w, b, training=True)
+        forward, gradients and in-place updates of tensor arguments agree with each oracle,
+        within the tolerance of the dtype.
+
+Failures print the max abs error, where it is, and both values there.
+"""
+from __future__ import annotations
+
+import torch
+
+# Chosen per dtype once, from the precision of the dtype itself (about two ulps for fp16/bf16);
+# never widened to make a test pass.
+TOLERANCES = {
+    torch.float64: dict(atol=1e-9, rtol=1e-7),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=1e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1e-2, rtol=1.6e-2),
+}
+
+
+# The dtypes of the parity tests (float64 belongs to gradcheck). The interpreter handles all
+# three, so they run on the CPU as well as on CUDA.
+PARITY_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def describe_mismatch(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float) -> str:
+    a = actual.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    err = (a - e).abs()
+    bad = ~(err <= atol + rtol * e.abs())
+    bad |= a.isnan() != e.isnan()
+    finite_err = torch.where(err.isnan(), torch.full_like(err, float("inf")), err)
+    flat = int(finite_err.argmax()) if finite_err.numel() else 0
+    where = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), a.shape)) if a.dim() else ()
+    return (
+        f"max abs error {finite_err.max().item():.3e} at index {where}: "
+        f"actual {a.reshape(-1)[flat].item():.8g} vs expected {e.reshape(-1)[flat].item():.8g}; "
+        f"{int(bad.sum())} of {a.numel()} elements outside atol={atol:g}, rtol={rtol:g}"
+    )
+
+
+def assert_close(actual, expected, *, name="output", dtype=None):
+    """Values agree within the tolerance of `dtype` (default: the expected tensor's dtype)."""
+    assert isinstance(actual, torch.Tensor) and isinstance(expected, torch.Tensor), name
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    tol = TOLERANCES[dtype or expected.dtype]
+    if not torch.allclose(actual.detach().cpu().double(), expected.detach().cpu().double(), equal_nan=True, **tol):
+        raise AssertionError(f"{name}: {describe_mismatch(actual, expected, **tol)}")
+
+
+def _fresh(value):
+    """A leaf copy of a tensor argument (keeping requires_grad and memory layout), so each call is independent."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    copy = value.detach().clone(memory_format=torch.preserve_format)
+    if value.stride() != copy.stride():
+        copy = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=value.device).copy_(value)
+    return copy.requires_grad_(value.requires_grad)
+
+
+def _run(fn, args, kwargs, grad_output):
+    args = [_fresh(a) for a in args]
+    kwargs = {k: _fresh(v) for k, v in kwargs.items()}
+    out = fn(*args, **kwargs)
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    leaves += [v for v in kwargs.values() if isinstance(v, torch.Tensor) and v.requires_grad]
+    grads = []
+    if leaves:
+        grads = torch.autograd.grad(out, leaves, grad_output(out), allow_unused=True)
+    return out, grads, args, kwargs
+
+
+def assert_matches(ours, oracles, *args, grad=True, **kwargs):
+    """Forward, input gradients and in-place effects of `ours` agree with every oracle.
+
+    `oracles` maps a name to a function with the same signature. Each function gets fresh copies
+    of the arguments; the upstream gradient is one fixed random tensor. Tensor arguments that a
+    function changes in place (running statistics, say) must end up the same as well.
+    """
+    upstream = {}
+
+    def grad_output(out):
+        if "g" not in upstream:
+            gen = torch.Generator(device="cpu").manual_seed(1234)
+            upstream["g"] = torch.randn(out.shape, generator=gen, dtype=torch.float32).to(out.device, out.dtype)
+        return upstream["g"]
+
+    if not grad:
+        args = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    out, grads, a_args, a_kwargs = _run(ours, args, kwargs, grad_output)
+    for oracle_name, oracle in oracles.items():
+        e_out, e_grads, e_args, e_kwargs = _run(oracle, args, kwargs, grad_output)
+        assert_close(out, e_out, name=f"forward vs {oracle_name}")
+        for k, (g, eg) in enumerate(zip(grads, e_grads)):
+            if eg is None:
+                assert g is None or not g.any(), f"gradient {k} vs {oracle_name}: oracle has none"
+                continue
+            assert g is not None, f"gradient {k} vs {oracle_name}: tritonprop returned none"
+            assert_close(g, eg, name=f"gradient of differentiable input {k} vs {oracle_name}")
+        for k, (a, e) in enumerate(zip(a_args, e_args)):
+            if isinstance(a, torch.Tensor):
+                assert_close(a, e, name=f"argument {k} after the call vs {oracle_name}")
+        for k in a_kwargs:
+            if isinstance(a_kwargs[k], torch.Tensor):
+                assert_close(a_kwargs[k], e_kwargs[k], name=f"argument {k!r} after the call vs {oracle_name}")
+    return out
+
+
+def assert_gradcheck(fn, *args, fast_mode=False, **kwargs):
+    """`torch.autograd.gradcheck` of `fn` in float64: floating tensor args are converted to float64.
+
+    Tensors that require grad are the ones checked; the rest are passed as constants.
+    """
+    converted = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            b = _fresh(a.detach().to(torch.float64)).requires_grad_(a.requires_grad)
+            converted.append(b)
+        else:
+            converted.append(a)
+    kwargs = {k: (v.detach().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in kwargs.items()}
+    assert any(isinstance(a, torch.Tensor) and a.requires_grad for a in converted), "nothing to check"
+    assert torch.autograd.gradcheck(lambda *xs: fn(*xs, **kwargs), tuple(converted), fast_mode=fast_mode)
