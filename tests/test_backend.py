@@ -1,0 +1,104 @@
+"""Backend selection, device checks, the autotune wrapper and the CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+import tritonprop
+from helpers import assert_close
+from tritonprop import backend, ops
+from tritonprop.kernels import _common
+from tritonprop.kernels import batchnorm as K
+
+
+def test_interpreter_is_on_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    assert os.environ.get("TRITON_INTERPRET") == "1"
+    assert backend.interpreting()
+
+
+def test_interpreter_env_is_set_before_kernels_are_decorated():
+    # A fresh interpreter without CUDA: importing tritonprop alone must be enough.
+    code = "import tritonprop.kernels.batchnorm as K, os; print(type(K.batch_norm_merge_stats_kernel).__name__, os.environ.get('TRITON_INTERPRET'))"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["InterpretedFunction", "1"]
+
+
+def test_reference_backend_routes_around_the_kernels(monkeypatch):
+    def kernel_must_not_run(*args, **kwargs):
+        raise AssertionError("the Triton kernel ran under TRITONPROP_BACKEND=reference")
+
+    monkeypatch.setattr(K, "forward", kernel_must_not_run)
+    monkeypatch.setenv(backend.BACKEND_ENV, "reference")
+    x = torch.randn(4, 3, 5, requires_grad=True)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    rm_t, rv_t = rm.clone(), rv.clone()
+    y = ops.batch_norm(x, rm, rv, training=True)
+    assert_close(y, F.batch_norm(x, rm_t, rv_t, training=True))
+    assert_close(rm, rm_t, name="running_mean")
+    y.sum().backward()
+    assert x.grad is not None
+    assert all(mode.startswith("reference") for mode in backend.describe()["ops"].values())
+
+
+def test_unknown_backend_is_an_error(monkeypatch):
+    monkeypatch.setenv(backend.BACKEND_ENV, "cudnn")
+    with pytest.raises(ValueError, match="TRITONPROP_BACKEND='cudnn' is not a backend"):
+        ops.batch_norm(torch.randn(4, 3), None, None, training=True)
+
+
+def test_mixed_devices_are_named():
+    x = torch.randn(4, 3)
+    with pytest.raises(RuntimeError, match="input is on cpu and weight is on meta"):
+        ops.batch_norm(x, None, None, torch.ones(3, device="meta"), training=True)
+
+
+def test_cpu_tensor_while_kernels_are_compiled_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
+    with pytest.raises(RuntimeError, match="input is a CPU tensor, but tritonprop's Triton kernels are compiled for CUDA"):
+        ops.batch_norm(torch.randn(4, 3), None, None, training=True)
+
+
+def test_autotune_keeps_only_the_first_config_when_interpreting():
+    if not backend.interpreting():
+        pytest.skip("compiled kernels keep every config")
+
+    @_common.autotune([triton.Config({"BLOCK": 4}), triton.Config({"BLOCK": 8})], key=["n"])
+    @triton.jit
+    def fill(out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, offs.to(tl.float32) * 0 + BLOCK, mask=offs < n)
+
+    out = torch.zeros(3)
+    fill[(1,)](out, 3)
+    assert out.tolist() == [4.0, 4.0, 4.0]
+    assert len(fill.configs) == 1
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "tritonprop", *args], capture_output=True, text=True)
+
+
+def test_cli_info_reports_versions_and_op_modes():
+    result = _cli("info")
+    assert result.returncode == 0, result.stderr
+    assert f"tritonprop {tritonprop.__version__}" in result.stdout
+    assert f"torch            {torch.__version__}" in result.stdout
+    mode = "interpreted" if backend.interpreting() else "compiled"
+    assert f"batch_norm       {mode}" in result.stdout
+
+
+def test_cli_selfcheck_passes():
+    result = _cli("selfcheck")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "batch_norm" in result.stdout and "ok" in result.stdout

@@ -1,0 +1,5 @@
+import sys
+
+from tritonprop.cli import main
+
+sys.exit(main())
