@@ -72,9 +72,20 @@ def _tile_offsets(o, i, c, stride_o, stride_i, stride_c):
 
 
 @triton.jit
-def _channel_affine(weight_ptr, bias_ptr, c, C, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    ACC_DTYPE: tl.constexpr):
-    """Per-channel weight and bias as [BLOCK_C] vectors; absent ones act as 1 and 0."""
+def _split_program_id(num_o_blocks, num_i_parts):
+    """(channel block, outer block, inner part) of this program; consecutive programs share a
+    channel block and walk along the inner axis, which is contiguous in memory for NCHW."""
+    pid = tl.program_id(0)
+    programs_per_c_block = num_o_blocks * num_i_parts
+    return pid // programs_per_c_block, (pid % programs_per_c_block) // num_i_parts, pid % num_i_parts
+
+
+@triton.jit
+def _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C, HAS_WEIGHT: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """Per-channel mean, invstd, weight and bias as [BLOCK_C] vectors; absent weight and bias act as 1 and 0."""
+    mean = tl.load(mean_ptr + c, mask=c < C, other=0.0)
+    invstd = tl.load(invstd_ptr + c, mask=c < C, other=0.0)
     if HAS_WEIGHT:
         w = tl.load(weight_ptr + c, mask=c < C, other=1.0).to(ACC_DTYPE)
     else:
@@ -83,7 +94,14 @@ def _channel_affine(weight_ptr, bias_ptr, c, C, HAS_WEIGHT: tl.constexpr, HAS_BI
         b = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(ACC_DTYPE)
     else:
         b = tl.zeros(c.shape, ACC_DTYPE)
-    return w, b
+    return mean, invstd, w, b
+
+
+@triton.jit
+def _partials_tile(p_start, c, P, C, BLOCK_P: tl.constexpr):
+    """Offsets and mask of rows p_start .. p_start + BLOCK_P of a [P, C] partials workspace."""
+    p = p_start + tl.arange(0, BLOCK_P)
+    return p.to(tl.int64)[:, None] * C + c[None, :], (p < P)[:, None] & (c < C)[None, :]
 
 
 @triton.jit
@@ -114,11 +132,7 @@ def batch_norm_partial_stats_kernel(
 ):
     # One program per (channel block, outer block, chunk of inner tiles); the chunk's partial
     # statistics go to row `o_block * num_i_chunks + i_chunk` of the [P, C] workspace.
-    pid = tl.program_id(0)
-    programs_per_c_block = num_o_blocks * num_i_chunks
-    c_block = pid // programs_per_c_block
-    o_block = (pid % programs_per_c_block) // num_i_chunks
-    i_chunk = pid % num_i_chunks
+    c_block, o_block, i_chunk = _split_program_id(num_o_blocks, num_i_chunks)
 
     first_tile = i_chunk * tiles_per_chunk
     tiles_here = tl.minimum(tiles_per_chunk, num_i_tiles - first_tile)
@@ -168,9 +182,7 @@ def batch_norm_merge_stats_kernel(
     total = tl.zeros([BLOCK_C], ACC_DTYPE)
     count = tl.zeros([BLOCK_C], ACC_DTYPE)
     for p_start in range(0, P, BLOCK_P):
-        p = p_start + tl.arange(0, BLOCK_P)
-        offs = p.to(tl.int64)[:, None] * C + c[None, :]
-        mask = (p < P)[:, None] & c_mask[None, :]
+        offs, mask = _partials_tile(p_start, c, P, C, BLOCK_P)
         n = tl.load(part_count_ptr + offs, mask=mask, other=0.0)
         total += tl.sum(n * tl.load(part_mean_ptr + offs, mask=mask, other=0.0), axis=0)
         count += tl.sum(n, axis=0)
@@ -181,9 +193,7 @@ def batch_norm_merge_stats_kernel(
     # Pass 2: M2 of the union = sum of the partial M2s + each partial's spread about the mean.
     m2 = tl.zeros([BLOCK_C], ACC_DTYPE)
     for p_start in range(0, P, BLOCK_P):
-        p = p_start + tl.arange(0, BLOCK_P)
-        offs = p.to(tl.int64)[:, None] * C + c[None, :]
-        mask = (p < P)[:, None] & c_mask[None, :]
+        offs, mask = _partials_tile(p_start, c, P, C, BLOCK_P)
         n = tl.load(part_count_ptr + offs, mask=mask, other=0.0)
         d = tl.load(part_mean_ptr + offs, mask=mask, other=0.0) - mean[None, :]
         m2 += tl.sum(tl.load(part_m2_ptr + offs, mask=mask, other=0.0) + n * d * d, axis=0)
@@ -225,18 +235,13 @@ def batch_norm_apply_kernel(
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FUSE_RELU: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
-    # One program per tile; the program id enumerates (channel block, outer block, inner tile).
-    pid = tl.program_id(0)
-    tiles_per_c_block = num_o_blocks * num_i_tiles
-    c_block = pid // tiles_per_c_block
-    o_block = (pid % tiles_per_c_block) // num_i_tiles
-    i_tile = pid % num_i_tiles
+    # One program per tile.
+    c_block, o_block, i_tile = _split_program_id(num_o_blocks, num_i_tiles)
 
     o, i, c, mask = _tile_indices(o_block * BLOCK_O, i_tile * BLOCK_I, c_block * BLOCK_C, O, I, C,
                                   BLOCK_O, BLOCK_I, BLOCK_C)
-    mean = tl.load(mean_ptr + c, mask=c < C, other=0.0)
-    invstd = tl.load(invstd_ptr + c, mask=c < C, other=0.0)
-    w, b = _channel_affine(weight_ptr, bias_ptr, c, C, HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
+    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C,
+                                         HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
 
     x = tl.load(x_ptr + _tile_offsets(o, i, c, stride_xo, stride_xi, stride_xc), mask=mask, other=0.0)
     _, z = _normalize(x.to(ACC_DTYPE), mean, invstd, w, b)
@@ -264,16 +269,11 @@ def batch_norm_backward_partial_kernel(
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
     # Same work split as batch_norm_partial_stats_kernel.
-    pid = tl.program_id(0)
-    programs_per_c_block = num_o_blocks * num_i_chunks
-    c_block = pid // programs_per_c_block
-    o_block = (pid % programs_per_c_block) // num_i_chunks
-    i_chunk = pid % num_i_chunks
+    c_block, o_block, i_chunk = _split_program_id(num_o_blocks, num_i_chunks)
 
     c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    mean = tl.load(mean_ptr + c, mask=c < C, other=0.0)
-    invstd = tl.load(invstd_ptr + c, mask=c < C, other=0.0)
-    w, b = _channel_affine(weight_ptr, bias_ptr, c, C, HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
+    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C,
+                                         HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
 
     first_tile = i_chunk * tiles_per_chunk
     tiles_here = tl.minimum(tiles_per_chunk, num_i_tiles - first_tile)
@@ -310,9 +310,7 @@ def batch_norm_backward_merge_kernel(
     sum_dy = tl.zeros([BLOCK_C], ACC_DTYPE)
     sum_dy_xhat = tl.zeros([BLOCK_C], ACC_DTYPE)
     for p_start in range(0, P, BLOCK_P):
-        p = p_start + tl.arange(0, BLOCK_P)
-        offs = p.to(tl.int64)[:, None] * C + c[None, :]
-        mask = (p < P)[:, None] & c_mask[None, :]
+        offs, mask = _partials_tile(p_start, c, P, C, BLOCK_P)
         sum_dy += tl.sum(tl.load(part_sum_dy_ptr + offs, mask=mask, other=0.0), axis=0)
         sum_dy_xhat += tl.sum(tl.load(part_sum_dy_xhat_ptr + offs, mask=mask, other=0.0), axis=0)
     tl.store(sum_dy_ptr + c, sum_dy, mask=c_mask)
@@ -335,17 +333,12 @@ def batch_norm_backward_input_kernel(
     TRAINING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FUSE_RELU: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    tiles_per_c_block = num_o_blocks * num_i_tiles
-    c_block = pid // tiles_per_c_block
-    o_block = (pid % tiles_per_c_block) // num_i_tiles
-    i_tile = pid % num_i_tiles
+    c_block, o_block, i_tile = _split_program_id(num_o_blocks, num_i_tiles)
 
     o, i, c, mask = _tile_indices(o_block * BLOCK_O, i_tile * BLOCK_I, c_block * BLOCK_C, O, I, C,
                                   BLOCK_O, BLOCK_I, BLOCK_C)
-    mean = tl.load(mean_ptr + c, mask=c < C, other=0.0)
-    invstd = tl.load(invstd_ptr + c, mask=c < C, other=0.0)
-    w, b = _channel_affine(weight_ptr, bias_ptr, c, C, HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
+    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C,
+                                         HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
 
     x = tl.load(x_ptr + _tile_offsets(o, i, c, stride_xo, stride_xi, stride_xc), mask=mask, other=0.0)
     dy = tl.load(dy_ptr + _tile_offsets(o, i, c, stride_dyo, stride_dyi, stride_dyc), mask=mask, other=0.0)
