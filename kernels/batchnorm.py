@@ -32,19 +32,12 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import (
-    accumulator_dtype,
-    accumulator_torch_dtype,
-    autotune,
-    parallel_programs,
-)
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, parallel_programs
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
 TILE_ELEMENTS = 4096
 
-_WARP_CONFIGS = [triton.Config({}, num_warps=8), triton.Config({}, num_warps=4), triton.Config({}, num_warps=16)]
-_TILE_KEY = ["BLOCK_O", "BLOCK_I", "BLOCK_C"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,7 +114,6 @@ def _normalize(x, mean, invstd, w, b):
 # ----------------------------------------------------------------------------------------------
 
 
-@autotune(_WARP_CONFIGS, key=_TILE_KEY)
 @triton.jit
 def batch_norm_partial_stats_kernel(
     x_ptr, part_mean_ptr, part_m2_ptr, part_count_ptr,
@@ -224,7 +216,6 @@ def batch_norm_eval_stats_kernel(running_mean_ptr, running_var_ptr, mean_ptr, in
     tl.store(invstd_ptr + c, 1.0 / tl.sqrt(var + eps), mask=mask)
 
 
-@autotune(_WARP_CONFIGS, key=_TILE_KEY)
 @triton.jit
 def batch_norm_apply_kernel(
     x_ptr, y_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr,
@@ -256,7 +247,6 @@ def batch_norm_apply_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-@autotune(_WARP_CONFIGS, key=_TILE_KEY)
 @triton.jit
 def batch_norm_backward_partial_kernel(
     x_ptr, dy_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr,
@@ -321,7 +311,6 @@ def batch_norm_backward_merge_kernel(
         tl.store(dbias_ptr + c, sum_dy.to(dbias_ptr.dtype.element_ty), mask=c_mask)
 
 
-@autotune(_WARP_CONFIGS, key=_TILE_KEY)
 @triton.jit
 def batch_norm_backward_input_kernel(
     x_ptr, dy_ptr, dx_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr, sum_dy_ptr, sum_dy_xhat_ptr,
@@ -419,8 +408,14 @@ def _chunking(num_c_blocks, num_o_blocks, num_i_tiles, device, chunks=None):
     return triton.cdiv(num_i_tiles, tiles_per_chunk), tiles_per_chunk
 
 
-def _merge_block_c(C):
-    return min(_next_pow2(C), 128)
+def _channel_blocks(C):
+    """Block size and grid of the per-channel kernels (merges and eval statistics)."""
+    block_c = min(_next_pow2(C), 128)
+    return block_c, (triton.cdiv(C, block_c),)
+
+
+def _partials_block(P, block_c):
+    return max(1, min(_next_pow2(P), 4096 // block_c))
 
 
 class Layout:
@@ -461,7 +456,10 @@ def _suggest_memory_format(x):
 
 def _block_kwargs(layout):
     block_o, block_i, block_c = layout.tiles
-    return dict(BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_C=block_c)
+    # Not autotuned: each tile shape would multiply compile time on a fresh GPU machine, and
+    # for a streaming kernel the warp count matters little once loads are wide.
+    num_warps = 8 if block_o * block_i * block_c >= 2048 else 4
+    return dict(BLOCK_O=block_o, BLOCK_I=block_i, BLOCK_C=block_c, num_warps=num_warps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,17 +505,16 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
             **_block_kwargs(layout), ACC_DTYPE=acc,
         )
         update = running_mean is not None
-        block_c = _merge_block_c(C)
-        batch_norm_merge_stats_kernel[(triton.cdiv(C, block_c),)](
+        block_c, grid = _channel_blocks(C)
+        batch_norm_merge_stats_kernel[grid](
             part_mean, part_m2, part_count, mean, invstd,
             running_mean if update else mean, running_var if update else invstd,
             P, C, eps, momentum,
-            UPDATE_RUNNING=update, BLOCK_P=max(1, min(_next_pow2(P), 4096 // block_c)), BLOCK_C=block_c,
-            ACC_DTYPE=acc,
+            UPDATE_RUNNING=update, BLOCK_P=_partials_block(P, block_c), BLOCK_C=block_c, ACC_DTYPE=acc,
         )
     else:
-        block_c = _merge_block_c(C)
-        batch_norm_eval_stats_kernel[(triton.cdiv(C, block_c),)](
+        block_c, grid = _channel_blocks(C)
+        batch_norm_eval_stats_kernel[grid](
             running_mean, running_var, mean, invstd, C, eps, BLOCK_C=block_c, ACC_DTYPE=acc,
         )
 
@@ -579,12 +576,12 @@ def backward(dy, x, weight, bias, mean, invstd, training, fuse_relu=False,
         )
         sum_dy = torch.empty(C, device=x.device, dtype=acc_torch)
         sum_dy_xhat = torch.empty_like(sum_dy)
-        block_c = _merge_block_c(C)
-        batch_norm_backward_merge_kernel[(triton.cdiv(C, block_c),)](
+        block_c, grid = _channel_blocks(C)
+        batch_norm_backward_merge_kernel[grid](
             part_sum_dy, part_sum_dy_xhat, sum_dy, sum_dy_xhat,
             dweight if need_weight else sum_dy, dbias if need_bias else sum_dy,
             P, C, WRITE_DWEIGHT=need_weight, WRITE_DBIAS=need_bias,
-            BLOCK_P=max(1, min(_next_pow2(P), 4096 // block_c)), BLOCK_C=block_c, ACC_DTYPE=acc,
+            BLOCK_P=_partials_block(P, block_c), BLOCK_C=block_c, ACC_DTYPE=acc,
         )
 
     if need_input:

@@ -1,0 +1,93 @@
+"""Compile every Triton kernel ahead of time for an H100/H200 (sm_90), without a GPU.
+
+The interpreter runs kernel source as Python and forgives things the compiler does not (types
+of loop-carried values, constexpr misuse, shape errors in dead branches). Compiling each
+kernel to PTX and a cubin, with Triton's bundled ptxas, catches those on a CPU-only machine.
+
+Run as a script in a process of its own: TRITON_INTERPRET must be 0 before the kernels are
+decorated. tests/test_cuda_compile.py does that.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+HOPPER = GPUTarget("cuda", 90, 32)
+FLOAT_SCALARS = {"eps", "momentum", "inv_count"}
+
+
+def _jit_function(kernel):
+    while not isinstance(kernel, triton.JITFunction):
+        kernel = kernel.fn  # unwrap autotuners
+    return kernel
+
+
+def compile_kernel(kernel, pointer_dtype, constexprs, num_warps=4):
+    """Compile `kernel` for sm_90; pointer args get the type pointer_dtype(name) returns."""
+    fn = _jit_function(kernel)
+    signature = {}
+    for name, param in inspect.signature(fn.fn).parameters.items():
+        if param.annotation is tl.constexpr or param.annotation == "tl.constexpr":
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = "*" + pointer_dtype(name)
+        elif name in FLOAT_SCALARS:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    missing = [n for n, t in signature.items() if t == "constexpr" and n not in constexprs]
+    assert not missing, f"{fn.__name__}: no value for constexpr {missing}"
+    compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs), target=HOPPER,
+                              options={"num_warps": num_warps})
+    assert compiled.asm.get("cubin"), f"{fn.__name__}: no cubin"
+    return compiled
+
+
+def batch_norm_kernels():
+    from tritonprop.kernels import batchnorm as K
+
+    for x_dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+        acc_name = "fp64" if acc == tl.float64 else "fp32"
+        activations = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}
+        params = {"weight_ptr", "bias_ptr", "dweight_ptr", "dbias_ptr", "running_mean_ptr", "running_var_ptr"}
+
+        def pointer(name):
+            if name in activations:
+                return x_dtype
+            return acc_name if name not in params or x_dtype == "fp64" else "fp32"
+
+        flags = dict(HAS_WEIGHT=True, HAS_BIAS=True, FUSE_RELU=True, ACC_DTYPE=acc)
+        for tiles in (dict(BLOCK_O=1, BLOCK_I=64, BLOCK_C=64), dict(BLOCK_O=4, BLOCK_I=1024, BLOCK_C=1)):
+            yield K.batch_norm_partial_stats_kernel, pointer, dict(tiles, ACC_DTYPE=acc)
+            yield K.batch_norm_apply_kernel, pointer, dict(tiles, **flags)
+            yield K.batch_norm_backward_partial_kernel, pointer, dict(tiles, **flags)
+            yield K.batch_norm_backward_input_kernel, pointer, dict(tiles, TRAINING=True, **flags)
+        merge = dict(BLOCK_P=32, BLOCK_C=128, ACC_DTYPE=acc)
+        yield K.batch_norm_merge_stats_kernel, pointer, dict(merge, UPDATE_RUNNING=True)
+        yield K.batch_norm_backward_merge_kernel, pointer, dict(merge, WRITE_DWEIGHT=True, WRITE_DBIAS=True)
+        yield K.batch_norm_eval_stats_kernel, pointer, dict(BLOCK_C=128, ACC_DTYPE=acc)
+
+
+KERNEL_SETS = {"batch_norm": batch_norm_kernels}
+
+
+def main(names):
+    for name in names:
+        count = 0
+        for kernel, pointer, constexprs in KERNEL_SETS[name]():
+            compile_kernel(kernel, pointer, constexprs)
+            count += 1
+        print(f"{name}: {count} kernel variants compiled for sm_90")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:] or list(KERNEL_SETS)))
