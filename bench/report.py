@@ -1,0 +1,171 @@
+"""The benchmark report: every case and mode, timed for tritonprop, naive and torch, as markdown and JSON.
+
+    python -m tritonprop.bench.report --out bench-out     # `tritonprop bench [options]` forwards here
+    python -m tritonprop.bench.report --ops batch_norm --quick
+
+Writes <out>/bench.json (a header with versions, device, commit and date, then one row per case,
+mode and implementation) and <out>/bench.md (one row per case and mode), and prints the table.
+Ratios are speedups against torch native measured in the same run: t_torch / t_ours. Off CUDA
+the kernels are interpreted and the report says loudly that its times mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+import tritonprop
+from tritonprop.bench import cases, timing
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="tritonprop bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench-out"),
+                        help="output folder (default: $OUT if set, else ./bench-out)")
+    parser.add_argument("--ops", default=",".join(cases.CASES),
+                        help=f"comma-separated ops to run (default: all of {', '.join(cases.CASES)})")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions: quicker, noisier")
+    args = parser.parse_args(argv)
+    args.ops = [op.strip() for op in args.ops.split(",") if op.strip()]
+    unknown = [op for op in args.ops if op not in cases.CASES]
+    if unknown or not args.ops:
+        parser.error(f"--ops: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(cases.CASES)}")
+    return args
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def header(device: torch.device, quick: bool) -> dict:
+    on_cuda = device.type == "cuda"
+    return {
+        "tritonprop": tritonprop.__version__,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if on_cuda else f"cpu ({platform.processor() or platform.machine()})",
+        "interpreted": not on_cuda,
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "note": None if on_cuda else timing.CPU_NOTE,
+    }
+
+
+def measure_case(case: cases.Case, device: torch.device, quick: bool) -> list[dict]:
+    """One row per mode and implementation; a failing implementation gives a row with its error."""
+    callables = case.build(device)
+    rows = []
+    for mode in cases.MODES:
+        mode_rows = {impl: {**case.describe(), "mode": mode, "impl": impl} for impl in cases.IMPLS}
+        for impl, row in mode_rows.items():
+            try:
+                row.update(timing.measure(callables[impl][mode], device, quick=quick))
+            except Exception as error:  # one broken kernel must not cost the rest of a GPU run
+                row["error"] = f"{type(error).__name__}: {error}"
+                print(f"{case.name} {mode} {impl}: {row['error']}", file=sys.stderr)
+            else:
+                row[case.throughput_key] = case.throughput(mode, row["median_ms"])
+                print(f"{case.name} {mode} {impl}: {row['median_ms']:.4g} ms", file=sys.stderr)
+        native = mode_rows["torch"]
+        for row in mode_rows.values():
+            if "error" not in row and "error" not in native:
+                row["speedup_vs_torch"] = native["median_ms"] / row["median_ms"]
+        rows += mode_rows.values()
+    return rows
+
+
+def _median(row: dict) -> float | None:
+    return None if "error" in row else row["median_ms"]
+
+
+def _ms(row: dict) -> str:
+    return "error" if _median(row) is None else f"{_median(row):.4g}"
+
+
+def _ratio(slower: dict, ours: dict) -> str:
+    if _median(slower) is None or _median(ours) is None:
+        return "—"
+    return f"{_median(slower) / _median(ours):.2f}×"
+
+
+def _target(case: cases.Case, mode: str, ours: dict, on_cuda: bool) -> str:
+    if mode not in case.target:
+        return ""
+    if not on_cuda:
+        return "n/a (CPU)"
+    goal = case.target[mode]
+    met = ours.get("speedup_vs_torch", 0.0) >= goal
+    return f"≥ {goal:g}×: {'met' if met else 'not met'}"
+
+
+def markdown_table(results: list[tuple[cases.Case, list[dict]]], on_cuda: bool) -> str:
+    lines = [
+        "| op | case | dtype | layout | mode | tritonprop ms | naive ms | torch ms | ours throughput "
+        "| ours vs torch | ours vs naive | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case, rows in results:
+        by_mode_impl = {(row["mode"], row["impl"]): row for row in rows}
+        for mode in cases.MODES:
+            ours, naive, native = (by_mode_impl[mode, impl] for impl in ("tritonprop", "naive", "torch"))
+            throughput = "—" if _median(ours) is None else f"{ours[case.throughput_key]:.4g} {case.throughput_unit}"
+            lines.append(
+                f"| {case.op} | {case.label} | {ours['dtype']} | {case.layout} | {mode} "
+                f"| {_ms(ours)} | {_ms(naive)} | {_ms(native)} | {throughput} "
+                f"| {_ratio(native, ours)} | {_ratio(naive, ours)} | {_target(case, mode, ours, on_cuda)} |"
+            )
+    return "\n".join(lines)
+
+
+def markdown(info: dict, table: str) -> str:
+    lines = ["# tritonprop benchmarks", ""]
+    if info["interpreted"]:
+        lines += [f"**{timing.CPU_NOTE}.** The kernels ran under Triton's interpreter on tiny stand-in shapes; "
+                  "these numbers only show that the harness works.", ""]
+    lines += [
+        f"{info['device']} · torch {info['torch']} · triton {info['triton']} · commit {info['commit'] or 'unknown'} "
+        f"· {info['date']}{' · quick' if info['quick'] else ''}",
+        "",
+        "Medians in ms. \"ours vs X\" is t_X / t_tritonprop (above 1 means tritonprop is faster), measured in "
+        "the same run; throughput counts bytes and FLOPs as BENCHMARKS.md does.",
+        "",
+        table,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = timing.bench_device()
+    info = header(device, args.quick)
+    results = [(case, measure_case(case, device, args.quick)) for case in cases.cases_for(args.ops, device)]
+    rows = [row for _, case_rows in results for row in case_rows]
+
+    table = markdown_table(results, on_cuda=device.type == "cuda")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps({"header": info, "rows": rows}, indent=2) + "\n")
+    (args.out / "bench.md").write_text(markdown(info, table))
+    if info["interpreted"]:
+        print(f"{timing.CPU_NOTE}.")
+    print(table)
+    print(f"\nwrote {args.out / 'bench.md'} and {args.out / 'bench.json'}")
+    return 1 if any("error" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
