@@ -26,5 +26,7 @@ setup(
     },
     package_data={"tritonprop.bench": ["device_check.sh"]},
     install_requires=["torch>=2.5", "triton>=3.3", "numpy"],
+    # The demos' data: scikit-learn ships the 8x8 digits of `tritonprop train mlp-numpy`.
+    extras_require={"demo": ["scikit-learn>=1.0"]},
     entry_points={"console_scripts": ["tritonprop = tritonprop.cli:main"]},
 )

@@ -102,3 +102,9 @@ def test_cli_selfcheck_passes():
     result = _cli("selfcheck")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "batch_norm" in result.stdout and "ok" in result.stdout
+
+
+def test_cli_bench_passes_its_options_to_the_report():
+    result = _cli("bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout and "--out" in result.stdout
