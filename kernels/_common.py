@@ -43,3 +43,30 @@ def accumulator_dtype(dtype: torch.dtype):
 
 def accumulator_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@triton.jit
+def dot_accumulate(a, b, acc, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr):
+    """acc + a @ b, accumulated in acc's dtype (fp32, or fp64 for fp64 operands).
+
+    UPCAST_OPERANDS works around the interpreter's wrong bf16 `tl.dot` (errors around 1e10 in
+    Triton 3.6): bf16 operands are widened to fp32 first, which is exact. Compiled kernels never
+    set it.
+    """
+    if UPCAST_OPERANDS:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
+
+
+def dot_options(dtype: torch.dtype, allow_tf32: bool) -> dict:
+    """Constexpr arguments of `dot_accumulate` for operands of `dtype`.
+
+    float32 follows the caller's TF32 flag (torch's cuDNN or cuBLAS flag, by op), as torch does;
+    the interpreter computes in full precision either way.
+    """
+    tf32 = dtype == torch.float32 and allow_tf32 and not backend.interpreting()
+    return dict(
+        INPUT_PRECISION="tf32" if tf32 else "ieee",
+        UPCAST_OPERANDS=dtype == torch.bfloat16 and backend.interpreting(),
+    )

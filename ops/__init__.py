@@ -5,5 +5,6 @@
     y = ops.batch_norm(x, rm, rv, training=True)   # instead of F.batch_norm
 """
 from tritonprop.ops.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
+from tritonprop.ops.conv import Conv2d, conv2d, fuse_conv_bn_eval
 
-__all__ = ["batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+__all__ = ["batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "conv2d", "Conv2d", "fuse_conv_bn_eval"]

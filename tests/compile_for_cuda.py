@@ -76,7 +76,37 @@ def batch_norm_kernels():
         yield K.batch_norm_eval_stats_kernel, pointer, dict(BLOCK_C=128, ACC_DTYPE=acc)
 
 
-KERNEL_SETS = {"batch_norm": batch_norm_kernels}
+def conv2d_kernels():
+    from tritonprop.kernels import conv2d as K
+
+    for dtype, acc, precisions in (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+                                   ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])):
+        acc_name = "fp64" if acc == tl.float64 else "fp32"
+
+        def pointer(name):
+            return acc_name if name.startswith("part_") else dtype
+
+        for precision in precisions:
+            gemm = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, ACC_DTYPE=acc, INPUT_PRECISION=precision,
+                        UPCAST_OPERANDS=False)
+            for activation in (0, 1, 2):
+                yield K.conv2d_forward_kernel, pointer, dict(gemm, HAS_BIAS=True, ACTIVATION=activation,
+                                                             STORE_PREACTIVATION=activation == 2)
+            yield K.conv2d_backward_input_kernel, pointer, gemm
+            yield K.conv2d_backward_weight_kernel, pointer, dict(gemm, COMPUTE_BIAS=True)
+        for activation in (0, 1, 2):
+            yield K.conv2d_depthwise_forward_kernel, pointer, dict(
+                HAS_BIAS=True, ACTIVATION=activation, STORE_PREACTIVATION=activation == 2, BLOCK_M=64, BLOCK_C=32,
+                ACC_DTYPE=acc)
+        yield K.conv2d_depthwise_backward_input_kernel, pointer, dict(BLOCK_M=64, BLOCK_C=32, ACC_DTYPE=acc)
+        yield K.conv2d_depthwise_backward_weight_kernel, pointer, dict(COMPUTE_BIAS=True, BLOCK_M=64, BLOCK_C=32,
+                                                                      ACC_DTYPE=acc)
+        yield K.conv2d_reduce_partials_kernel, pointer, dict(BLOCK=1024, ACC_DTYPE=acc)
+        for activation in (1, 2):
+            yield K.conv2d_activation_backward_kernel, pointer, dict(ACTIVATION=activation, BLOCK=1024, ACC_DTYPE=acc)
+
+
+KERNEL_SETS = {"batch_norm": batch_norm_kernels, "conv2d": conv2d_kernels}
 
 
 def main(names):

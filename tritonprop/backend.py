@@ -17,6 +17,7 @@ BACKENDS = ("triton", "reference")
 # reports each one; later ops add themselves here.
 KERNEL_MODULES = {
     "batch_norm": "tritonprop.kernels.batchnorm",
+    "conv2d": "tritonprop.kernels.conv2d",
 }
 
 

@@ -1,0 +1,611 @@
+"""2-D convolution kernels: implicit-GEMM forward, input gradient (dgrad), weight gradient (wgrad).
+
+Notation: input x (N, C, H, W), weight w (K, C/groups, R, S), output y (N, K, Ho, Wo); within a
+group g the kernels see Cg = C/groups input channels and Kg = K/groups output channels.
+
+    y[n, k, oh, ow] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, g*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw]
+
+Every kernel is a GEMM whose operand tiles are gathered from the tensors as they lie in memory,
+by their strides, so NCHW and channels_last run without copies and im2col is never built:
+
+  forward   rows (n, oh, ow)   x  cols k   over (r, s, c)          conv2d_forward_kernel
+  dgrad     rows (n, ih, iw)   x  cols c   over (r, s, k)          conv2d_backward_input_kernel
+  wgrad     rows k             x  cols (c, r, s)  over (n, oh, ow) conv2d_backward_weight_kernel
+            (split-K: partials to a workspace, summed in a fixed order by
+             conv2d_reduce_partials_kernel, so the result is deterministic)
+
+The forward fuses bias and ReLU or GELU (constexpr flags); `activation_backward` turns the
+upstream gradient into the gradient of the pre-activation. docs/conv2d.md derives each kernel.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonprop.kernels._common import (
+    accumulator_dtype,
+    dot_accumulate,
+    dot_options,
+    parallel_programs,
+)
+
+ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
+
+
+@triton.jit
+def _gelu(z):
+    # Exact (erf) GELU, torch's default approximation='none'.
+    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
+
+
+@triton.jit
+def _gelu_grad(z):
+    # d/dz [z * Phi(z)] = Phi(z) + z * phi(z), with Phi the normal CDF and phi its density.
+    cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
+    pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
+    return cdf + z * pdf
+
+
+@triton.jit
+def _split_rows(m, P, Q):
+    """Row index m of an (n, p, q) grid with P x Q positions per image -> (n, p, q)."""
+    n = m // (P * Q)
+    rest = m % (P * Q)
+    return n, rest // Q, rest % Q
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward: implicit GEMM with a fused bias + activation epilogue
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def conv2d_forward_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
+    M, H, W, Ho, Wo, R, S, Cg, Kg,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_yn, stride_yk, stride_yh, stride_yw,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    group = tl.program_id(2)
+
+    # Rows are output positions (n, oh, ow); columns are output channels of this group.
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, oh, ow = _split_rows(m, Ho, Wo)
+    k_in_group = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k = group * Kg + k_in_group
+    row_ok = m < M
+    col_ok = k_in_group < Kg
+    x_image = n.to(tl.int64) * stride_xn
+    c_offsets = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC_DTYPE)
+    # The reduction runs over (r, s, c): for a fixed tap (r, s) each row reads one input pixel,
+    # so its address is computed once and the channel chunks only add c * stride_xc.
+    for r in range(0, R):
+        ih = oh * conv_stride_h - pad_h + r * dil_h
+        for s in range(0, S):
+            iw = ow * conv_stride_w - pad_w + s * dil_w
+            # Taps that fall into the zero padding are masked, never loaded.
+            pixel_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_pixel = x_image + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
+            w_tap = r * stride_wr + s * stride_ws
+            for c_start in range(0, Cg, BLOCK_K):
+                c = c_start + c_offsets
+                c_ok = c < Cg
+                a = tl.load(x_ptr + x_pixel[:, None] + (group * Cg + c).to(tl.int64)[None, :] * stride_xc,
+                            mask=pixel_ok[:, None] & c_ok[None, :], other=0.0)
+                b = tl.load(w_ptr + k.to(tl.int64)[None, :] * stride_wk + c[:, None] * stride_wc + w_tap,
+                            mask=c_ok[:, None] & col_ok[None, :], other=0.0)
+                acc = dot_accumulate(a, b, acc, INPUT_PRECISION, UPCAST_OPERANDS)
+
+    _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_ok,
+                           stride_yn, stride_yk, stride_yh, stride_yw,
+                           HAS_BIAS, ACTIVATION, STORE_PREACTIVATION, ACC_DTYPE)
+
+
+@triton.jit
+def _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_ok,
+                           stride_yn, stride_yk, stride_yh, stride_yw,
+                           HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACTIVATION: tl.constexpr,
+                           ACC_DTYPE: tl.constexpr):
+    """The epilogue of both forward kernels: z = acc + bias, y = act(z), stored at rows (n, oh, ow), columns k."""
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + k, mask=col_ok, other=0.0).to(ACC_DTYPE)[None, :]
+    out = acc
+    if ACTIVATION == 1:
+        out = tl.maximum(acc, 0.0)
+    elif ACTIVATION == 2:
+        out = _gelu(acc)
+
+    y_offsets = (n.to(tl.int64) * stride_yn + oh.to(tl.int64) * stride_yh + ow.to(tl.int64) * stride_yw)[:, None] \
+        + k.to(tl.int64)[None, :] * stride_yk
+    mask = row_ok[:, None] & col_ok[None, :]
+    tl.store(y_ptr + y_offsets, out.to(y_ptr.dtype.element_ty), mask=mask)
+    if STORE_PREACTIVATION:
+        # GELU's backward needs z itself; z is laid out exactly like y.
+        tl.store(z_ptr + y_offsets, acc.to(z_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Depthwise (groups == C, one input channel per group): direct convolution without tl.dot.
+# The GEMM kernels would fill a 16-wide dot tile with one useful channel on each side, so these
+# kernels multiply elementwise and reduce over the taps instead, with channels as the wide axis.
+# Output channel k reads input channel k // Kg (Kg is the channel multiplier).
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def conv2d_depthwise_forward_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, z_ptr,
+    M, H, W, Ho, Wo, R, S, K, Kg,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    stride_wk, stride_wr, stride_ws,
+    stride_yn, stride_yk, stride_yh, stride_yw,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACTIVATION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, oh, ow = _split_rows(m, Ho, Wo)
+    k = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = m < M
+    col_ok = k < K
+    x_channel = (k // Kg).to(tl.int64) * stride_xc
+
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC_DTYPE)
+    for r in range(0, R):
+        ih = oh * conv_stride_h - pad_h + r * dil_h
+        for s in range(0, S):
+            iw = ow * conv_stride_w - pad_w + s * dil_w
+            pixel_ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_pixel = n.to(tl.int64) * stride_xn + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
+            x = tl.load(x_ptr + x_pixel[:, None] + x_channel[None, :], mask=pixel_ok[:, None] & col_ok[None, :],
+                        other=0.0)
+            w = tl.load(w_ptr + k * stride_wk + r * stride_wr + s * stride_ws, mask=col_ok, other=0.0)
+            acc += x.to(ACC_DTYPE) * w.to(ACC_DTYPE)[None, :]
+
+    _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_ok,
+                           stride_yn, stride_yk, stride_yh, stride_yw,
+                           HAS_BIAS, ACTIVATION, STORE_PREACTIVATION, ACC_DTYPE)
+
+
+@triton.jit
+def conv2d_depthwise_backward_input_kernel(
+    dz_ptr, w_ptr, dx_ptr,
+    M, H, W, Ho, Wo, R, S, C, Kg,
+    stride_dzn, stride_dzk, stride_dzh, stride_dzw,
+    stride_wk, stride_wr, stride_ws,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # dx[n, c, ih, iw] = sum over the Kg output channels of c and the taps that read (ih, iw);
+    # the stride test is the one of conv2d_backward_input_kernel.
+    m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, ih, iw = _split_rows(m, H, W)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row_ok = m < M
+    col_ok = c < C
+
+    acc = tl.zeros([BLOCK_M, BLOCK_C], dtype=ACC_DTYPE)
+    for r in range(0, R):
+        th = ih + pad_h - r * dil_h
+        oh = th // conv_stride_h
+        h_ok = (th >= 0) & (th % conv_stride_h == 0) & (oh < Ho)
+        for s in range(0, S):
+            tw = iw + pad_w - s * dil_w
+            ow = tw // conv_stride_w
+            pixel_ok = row_ok & h_ok & (tw >= 0) & (tw % conv_stride_w == 0) & (ow < Wo)
+            dz_pixel = n.to(tl.int64) * stride_dzn + oh.to(tl.int64) * stride_dzh + ow.to(tl.int64) * stride_dzw
+            for j in range(0, Kg):
+                k = c * Kg + j
+                dz = tl.load(dz_ptr + dz_pixel[:, None] + k.to(tl.int64)[None, :] * stride_dzk,
+                             mask=pixel_ok[:, None] & col_ok[None, :], other=0.0)
+                w = tl.load(w_ptr + k * stride_wk + r * stride_wr + s * stride_ws, mask=col_ok, other=0.0)
+                acc += dz.to(ACC_DTYPE) * w.to(ACC_DTYPE)[None, :]
+
+    dx_offsets = (n.to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh + iw.to(tl.int64) * stride_dxw)[:, None] \
+        + c.to(tl.int64)[None, :] * stride_dxc
+    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def conv2d_depthwise_backward_weight_kernel(
+    dz_ptr, x_ptr, part_dw_ptr, part_db_ptr,
+    M, H, W, Ho, Wo, S, K, Kg, RS, rows_per_split,
+    stride_dzn, stride_dzk, stride_dzh, stride_dzw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    COMPUTE_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # One program per (channel block, tap (r, s), slice of output positions): the partial of
+    # dw[k, 0, r, s] = sum over its positions of dz[n, k, oh, ow] * x[n, k // Kg, ih, iw].
+    k = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    tap = tl.program_id(1)
+    split = tl.program_id(2)
+    r = tap // S
+    s = tap % S
+    k_ok = k < K
+    x_channel = (k // Kg).to(tl.int64) * stride_xc
+
+    acc = tl.zeros([BLOCK_C], dtype=ACC_DTYPE)
+    bias_acc = tl.zeros([BLOCK_C], dtype=ACC_DTYPE)
+    first_row = split * rows_per_split
+    for m_start in range(first_row, tl.minimum(first_row + rows_per_split, M), BLOCK_M):
+        m = m_start + tl.arange(0, BLOCK_M)
+        m_ok = (m < M) & (m < first_row + rows_per_split)
+        n, oh, ow = _split_rows(m, Ho, Wo)
+        dz = tl.load(dz_ptr + (n.to(tl.int64) * stride_dzn + oh.to(tl.int64) * stride_dzh
+                               + ow.to(tl.int64) * stride_dzw)[:, None] + k.to(tl.int64)[None, :] * stride_dzk,
+                     mask=m_ok[:, None] & k_ok[None, :], other=0.0).to(ACC_DTYPE)
+        ih = oh * conv_stride_h - pad_h + r * dil_h
+        iw = ow * conv_stride_w - pad_w + s * dil_w
+        pixel_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x = tl.load(x_ptr + (n.to(tl.int64) * stride_xn + ih.to(tl.int64) * stride_xh
+                             + iw.to(tl.int64) * stride_xw)[:, None] + x_channel[None, :],
+                    mask=pixel_ok[:, None] & k_ok[None, :], other=0.0).to(ACC_DTYPE)
+        acc += tl.sum(dz * x, axis=0)
+        if COMPUTE_BIAS:
+            bias_acc += tl.sum(dz, axis=0)
+
+    # Workspace layout [split, k, (r, s)], the layout conv2d_reduce_partials_kernel sums.
+    part_row = (split * K + k).to(tl.int64)
+    tl.store(part_dw_ptr + part_row * RS + tap, acc, mask=k_ok)
+    if COMPUTE_BIAS:
+        if tap == 0:
+            tl.store(part_db_ptr + part_row, bias_acc, mask=k_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def conv2d_activation_backward_kernel(
+    dy_ptr, saved_ptr, dz_ptr, numel, D1, D2, D3,
+    stride_dy0, stride_dy1, stride_dy2, stride_dy3,
+    stride_s0, stride_s1, stride_s2, stride_s3,
+    ACTIVATION: tl.constexpr, BLOCK: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # dz = dy * act'(z). dz is allocated like `saved` (contiguous in its own memory order), so
+    # it is written by flat index; dy may have any strides, so its offset is rebuilt from the
+    # 4-D index of the element in saved's logical order.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    i3 = offs % D3
+    i2 = (offs // D3) % D2
+    i1 = (offs // (D3 * D2)) % D1
+    i0 = offs // (D3 * D2 * D1)
+    saved = tl.load(saved_ptr + i0 * stride_s0 + i1 * stride_s1 + i2 * stride_s2 + i3 * stride_s3,
+                    mask=mask, other=0.0).to(ACC_DTYPE)
+    dy = tl.load(dy_ptr + i0 * stride_dy0 + i1 * stride_dy1 + i2 * stride_dy2 + i3 * stride_dy3,
+                 mask=mask, other=0.0).to(ACC_DTYPE)
+    if ACTIVATION == 1:
+        # `saved` is y = relu(z); y > 0 exactly where z > 0, and the gradient at 0 is 0 as in torch.
+        dz = tl.where(saved > 0.0, dy, 0.0)
+    else:
+        dz = dy * _gelu_grad(saved)
+    tl.store(dz_ptr + i0 * stride_s0 + i1 * stride_s1 + i2 * stride_s2 + i3 * stride_s3,
+             dz.to(dz_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def conv2d_backward_input_kernel(
+    dz_ptr, w_ptr, dx_ptr,
+    M, H, W, Ho, Wo, R, S, Cg, Kg,
+    stride_dzn, stride_dzk, stride_dzh, stride_dzw,
+    stride_wk, stride_wc, stride_wr, stride_ws,
+    stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    group = tl.program_id(2)
+
+    # Rows are input positions (n, ih, iw); columns are input channels of this group.
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, ih, iw = _split_rows(m, H, W)
+    c_in_group = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = m < M
+    col_ok = c_in_group < Cg
+    dz_image = n.to(tl.int64) * stride_dzn
+    k_offsets = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC_DTYPE)
+    for r in range(0, R):
+        # Input row ih was read by tap r of output row oh iff ih = oh*sh - ph + r*dh, i.e. iff
+        # (ih + ph - r*dh) is a non-negative multiple of the stride. With stride > 1 the other
+        # rows simply get no contribution from this tap: they are masked, and no zeros are
+        # ever inserted into dz.
+        th = ih + pad_h - r * dil_h
+        oh = th // conv_stride_h
+        h_ok = (th >= 0) & (th % conv_stride_h == 0) & (oh < Ho)
+        for s in range(0, S):
+            tw = iw + pad_w - s * dil_w
+            ow = tw // conv_stride_w
+            pixel_ok = row_ok & h_ok & (tw >= 0) & (tw % conv_stride_w == 0) & (ow < Wo)
+            dz_pixel = dz_image + oh.to(tl.int64) * stride_dzh + ow.to(tl.int64) * stride_dzw
+            w_tap = r * stride_wr + s * stride_ws
+            for k_start in range(0, Kg, BLOCK_K):
+                k_in_group = k_start + k_offsets
+                k_ok = k_in_group < Kg
+                k = group * Kg + k_in_group
+                a = tl.load(dz_ptr + dz_pixel[:, None] + k.to(tl.int64)[None, :] * stride_dzk,
+                            mask=pixel_ok[:, None] & k_ok[None, :], other=0.0)
+                # w[k, c, r, s] as a [k, c] tile: dgrad multiplies by the kernel transposed.
+                b = tl.load(w_ptr + k.to(tl.int64)[:, None] * stride_wk + c_in_group[None, :] * stride_wc + w_tap,
+                            mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+                acc = dot_accumulate(a, b, acc, INPUT_PRECISION, UPCAST_OPERANDS)
+
+    c = group * Cg + c_in_group
+    dx_offsets = (n.to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh + iw.to(tl.int64) * stride_dxw)[:, None] \
+        + c.to(tl.int64)[None, :] * stride_dxc
+    tl.store(dx_ptr + dx_offsets, acc.to(dx_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def conv2d_backward_weight_kernel(
+    dz_ptr, x_ptr, part_dw_ptr, part_db_ptr,
+    M, H, W, Ho, Wo, R, S, Cg, Kg, K, CRS, rows_per_split,
+    stride_dzn, stride_dzk, stride_dzh, stride_dzw,
+    stride_xn, stride_xc, stride_xh, stride_xw,
+    conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
+    COMPUTE_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+):
+    pid_k = tl.program_id(0)
+    pid_crs = tl.program_id(1)
+    # Axis 2 enumerates (group, split) pairs; each split owns a contiguous slice of the
+    # reduction over output positions.
+    num_splits = tl.cdiv(M, rows_per_split)
+    group = tl.program_id(2) // num_splits
+    split = tl.program_id(2) % num_splits
+
+    # Rows: output channels of this group. Columns: (c, r, s) flattened, as w is laid out.
+    k_in_group = pid_k * BLOCK_M + tl.arange(0, BLOCK_M)
+    k = group * Kg + k_in_group
+    crs = pid_crs * BLOCK_N + tl.arange(0, BLOCK_N)
+    c = crs // (R * S)
+    r = (crs // S) % R
+    s = crs % S
+    k_ok = k_in_group < Kg
+    crs_ok = crs < CRS
+    x_channel = (group * Cg + c).to(tl.int64) * stride_xc
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC_DTYPE)
+    bias_acc = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
+    first_row = split * rows_per_split
+    for m_start in range(first_row, tl.minimum(first_row + rows_per_split, M), BLOCK_K):
+        m = m_start + tl.arange(0, BLOCK_K)
+        m_ok = (m < M) & (m < first_row + rows_per_split)
+        n, oh, ow = _split_rows(m, Ho, Wo)
+        a = tl.load(dz_ptr + k.to(tl.int64)[:, None] * stride_dzk
+                    + (n.to(tl.int64) * stride_dzn + oh.to(tl.int64) * stride_dzh + ow.to(tl.int64) * stride_dzw)[None, :],
+                    mask=k_ok[:, None] & m_ok[None, :], other=0.0)
+        # The input pixel that tap (r, s) of output (oh, ow) read: one per (row m, column crs).
+        ih = oh[:, None] * conv_stride_h - pad_h + r[None, :] * dil_h
+        iw = ow[:, None] * conv_stride_w - pad_w + s[None, :] * dil_w
+        pixel_ok = m_ok[:, None] & crs_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        b = tl.load(x_ptr + n.to(tl.int64)[:, None] * stride_xn + x_channel[None, :]
+                    + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw,
+                    mask=pixel_ok, other=0.0)
+        acc = dot_accumulate(a, b, acc, INPUT_PRECISION, UPCAST_OPERANDS)
+        if COMPUTE_BIAS:
+            bias_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
+
+    # Workspace rows are (split, k); the reduce kernel sums over split in order.
+    part_row = (split * K + k).to(tl.int64)
+    tl.store(part_dw_ptr + part_row[:, None] * CRS + crs[None, :], acc, mask=k_ok[:, None] & crs_ok[None, :])
+    if COMPUTE_BIAS:
+        if pid_crs == 0:
+            tl.store(part_db_ptr + part_row, bias_acc, mask=k_ok)
+
+
+@triton.jit
+def conv2d_reduce_partials_kernel(
+    part_ptr, out_ptr, num_splits, K, CRS, R, S,
+    stride_ok, stride_oc, stride_or, stride_os,
+    BLOCK: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # out[k, c, r, s] = sum over splits of part[split, k, (c, r, s)], in split order; the bias
+    # gradient uses the same kernel with CRS = R = S = 1.
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < K * CRS
+    total = tl.zeros([BLOCK], dtype=ACC_DTYPE)
+    for split in range(0, num_splits):
+        total += tl.load(part_ptr + split * K * CRS + offs, mask=mask, other=0.0)
+    k = offs // CRS
+    crs = offs % CRS
+    c = crs // (R * S)
+    r = (crs // S) % R
+    s = crs % S
+    tl.store(out_ptr + k * stride_ok + c * stride_oc + r * stride_or + s * stride_os,
+             total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch functions
+# ----------------------------------------------------------------------------------------------
+
+
+def _block(n: int, lo: int, hi: int) -> int:
+    """A power of two covering n, clamped to [lo, hi] (tl.dot needs every tile side >= 16)."""
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+def _allow_tf32() -> bool:
+    return torch.backends.cudnn.allow_tf32
+
+
+def is_depthwise(weight: torch.Tensor) -> bool:
+    """One input channel per group (depthwise, or a single-channel input): the direct kernels run."""
+    return weight.shape[1] == 1
+
+
+def output_layout(x: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """torch's rule: the output is channels_last when the input or the weight is."""
+    def channels_last(t):
+        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return torch.channels_last if channels_last(x) or channels_last(weight) else torch.contiguous_format
+
+
+def forward(x, weight, bias, stride, padding, dilation, groups, output_size, activation=None):
+    """Convolution of 4-D `x` with `weight`, plus bias and activation.
+
+    `padding` is (top, left): the output size is given, so asymmetric 'same' padding needs no
+    extra argument (taps past the bottom or right edge are masked like any padding).
+    Returns ``(y, saved)`` where `saved` is what `activation_backward` needs: y itself for ReLU,
+    the pre-activation z for GELU, None without an activation.
+    """
+    N, C, H, W = x.shape
+    K, Cg, R, S = weight.shape
+    Ho, Wo = output_size
+    Kg = K // groups
+    memory_format = output_layout(x, weight)
+    y = torch.empty((N, K, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=memory_format)
+    z = torch.empty_like(y) if activation == "gelu" else None
+    saved = {None: None, "relu": y, "gelu": z}[activation]
+    M = N * Ho * Wo
+    if M == 0 or K == 0:
+        return y, saved
+    geometry = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+    epilogue = dict(HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[activation], STORE_PREACTIVATION=z is not None,
+                    ACC_DTYPE=accumulator_dtype(x.dtype))
+    pointers = (x, weight, bias if bias is not None else weight, y, z if z is not None else y)
+    if is_depthwise(weight):
+        block_m, block_c = 64, _block(K, 1, 32)
+        conv2d_depthwise_forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(K, block_c))](
+            *pointers, M, H, W, Ho, Wo, R, S, K, Kg,
+            *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(), *geometry,
+            **epilogue, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4,
+        )
+        return y, saved
+    block_m, block_n, block_k = 64, _block(Kg, 16, 128), _block(Cg, 16, 64)
+    conv2d_forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(Kg, block_n), groups)](
+        *pointers, M, H, W, Ho, Wo, R, S, Cg, Kg,
+        *x.stride(), *weight.stride(), *y.stride(), *geometry,
+        **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        **dot_options(x.dtype, _allow_tf32()), num_warps=4,
+    )
+    return y, saved
+
+
+def activation_backward(dy, saved, activation):
+    """Gradient of the pre-activation from the gradient of the output."""
+    dz = torch.empty_like(saved)
+    if saved.numel() == 0:
+        return dz
+    # dz is written in saved's memory order: walk saved's dims from outermost to innermost.
+    order = sorted(range(4), key=lambda d: -saved.stride(d))
+    sizes = [saved.shape[d] for d in order]
+    block = 1024
+    conv2d_activation_backward_kernel[(triton.cdiv(saved.numel(), block),)](
+        dy, saved, dz, saved.numel(), sizes[1], sizes[2], sizes[3],
+        *[dy.stride(d) for d in order], *[saved.stride(d) for d in order],
+        ACTIVATION=ACTIVATIONS[activation], BLOCK=block, ACC_DTYPE=accumulator_dtype(saved.dtype),
+    )
+    return dz
+
+
+def backward_input(dz, weight, input_shape, stride, padding, dilation, groups, memory_format):
+    """dx: the gradient of the input, from the gradient of the pre-activation output."""
+    N, C, H, W = input_shape
+    K, Cg, R, S = weight.shape
+    Ho, Wo = dz.shape[2:]
+    Kg = K // groups
+    dx = torch.empty(input_shape, device=dz.device, dtype=dz.dtype, memory_format=memory_format)
+    M = N * H * W
+    if M == 0 or C == 0:
+        return dx
+    if dz.numel() == 0:
+        return dx.zero_()
+    geometry = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+    if is_depthwise(weight):
+        block_m, block_c = 64, _block(C, 1, 32)
+        conv2d_depthwise_backward_input_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
+            dz, weight, dx, M, H, W, Ho, Wo, R, S, C, Kg,
+            *dz.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *dx.stride(), *geometry,
+            BLOCK_M=block_m, BLOCK_C=block_c, ACC_DTYPE=accumulator_dtype(dz.dtype), num_warps=4,
+        )
+        return dx
+    block_m, block_n, block_k = 64, _block(Cg, 16, 128), _block(Kg, 16, 64)
+    conv2d_backward_input_kernel[(triton.cdiv(M, block_m), triton.cdiv(Cg, block_n), groups)](
+        dz, weight, dx, M, H, W, Ho, Wo, R, S, Cg, Kg,
+        *dz.stride(), *weight.stride(), *dx.stride(), *geometry,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ACC_DTYPE=accumulator_dtype(dz.dtype),
+        **dot_options(dz.dtype, _allow_tf32()), num_warps=4,
+    )
+    return dx
+
+
+def backward_weight(dz, x, weight, stride, padding, dilation, groups, need_weight=True, need_bias=True,
+                    splits=None):
+    """(dw, db): gradients of the weight and the bias, deterministic (fixed-order split-K).
+
+    `splits` overrides how many slices the reduction over output positions is cut into.
+    """
+    N, C, H, W = x.shape
+    K, Cg, R, S = weight.shape
+    Ho, Wo = dz.shape[2:]
+    Kg = K // groups
+    CRS = Cg * R * S
+    acc_dtype = torch.float64 if dz.dtype == torch.float64 else torch.float32
+    dw = torch.empty_like(weight) if need_weight else None
+    db = torch.empty(K, device=dz.device, dtype=weight.dtype) if need_bias else None
+    M = N * Ho * Wo
+    if M == 0 or K == 0:
+        return (dw.zero_() if dw is not None else None), (db.zero_() if db is not None else None)
+
+    geometry = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
+    acc = accumulator_dtype(dz.dtype)
+    if is_depthwise(weight):
+        block_rows, block_c = 64, _block(K, 1, 32)
+        tiles = triton.cdiv(K, block_c) * R * S
+    else:
+        block_m, block_n, block_rows = _block(Kg, 16, 64), _block(CRS, 16, 64), 32
+        tiles = triton.cdiv(Kg, block_m) * triton.cdiv(CRS, block_n) * groups
+    if splits is None:
+        splits = triton.cdiv(parallel_programs(dz.device), tiles)
+    # Each slice of output positions gets a whole number of row blocks, at least one.
+    rows_per_split = triton.cdiv(triton.cdiv(M, max(1, min(int(splits), M))), block_rows) * block_rows
+    num_splits = triton.cdiv(M, rows_per_split)
+
+    part_dw = torch.empty((num_splits, K, CRS), device=dz.device, dtype=acc_dtype)
+    part_db = torch.empty((num_splits, K), device=dz.device, dtype=acc_dtype) if need_bias else part_dw
+    if is_depthwise(weight):
+        conv2d_depthwise_backward_weight_kernel[(triton.cdiv(K, block_c), R * S, num_splits)](
+            dz, x, part_dw, part_db, M, H, W, Ho, Wo, S, K, Kg, CRS, rows_per_split,
+            *dz.stride(), *x.stride(), *geometry,
+            COMPUTE_BIAS=need_bias, BLOCK_M=block_rows, BLOCK_C=block_c, ACC_DTYPE=acc, num_warps=4,
+        )
+    else:
+        conv2d_backward_weight_kernel[(triton.cdiv(Kg, block_m), triton.cdiv(CRS, block_n), groups * num_splits)](
+            dz, x, part_dw, part_db,
+            M, H, W, Ho, Wo, R, S, Cg, Kg, K, CRS, rows_per_split,
+            *dz.stride(), *x.stride(), *geometry,
+            COMPUTE_BIAS=need_bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_rows, ACC_DTYPE=acc,
+            **dot_options(dz.dtype, _allow_tf32()), num_warps=4,
+        )
+    block = 1024
+    if need_weight:
+        conv2d_reduce_partials_kernel[(triton.cdiv(K * CRS, block),)](
+            part_dw, dw, num_splits, K, CRS, R, S, *dw.stride(), BLOCK=block, ACC_DTYPE=acc,
+        )
+    if need_bias:
+        conv2d_reduce_partials_kernel[(triton.cdiv(K, block),)](
+            part_db, db, num_splits, K, 1, 1, 1, db.stride(0), 0, 0, 0, BLOCK=block, ACC_DTYPE=acc,
+        )
+    return dw, db

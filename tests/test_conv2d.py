@@ -1,0 +1,388 @@
+"""conv2d: gradcheck, parity with both references and torch, layouts, epilogue, BN folding, errors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import assert_close, assert_gradcheck, assert_matches
+from tritonprop import backend, ops
+from tritonprop.kernels import conv2d as K
+from tritonprop.ops.reference import conv2d as reference
+
+
+@pytest.fixture(autouse=True)
+def strict_float32():
+    """fp32 parity is checked in full precision; TF32 (torch's cuDNN default) would need its own tolerance."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = saved
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    input: tuple  # (N, C, H, W)
+    out_channels: int
+    kernel: tuple  # (R, S)
+    stride: object = 1
+    padding: object = 0
+    dilation: object = 1
+    groups: int = 1
+    bias: bool = True
+
+    def tensors(self, device="cpu", dtype=torch.float32):
+        C = self.input[1]
+        x = torch.randn(self.input, device=device).to(dtype).requires_grad_()
+        w = (torch.randn(self.out_channels, C // self.groups, *self.kernel, device=device) * 0.5).to(dtype).requires_grad_()
+        b = torch.randn(self.out_channels, device=device).to(dtype).requires_grad_() if self.bias else None
+        return x, w, b
+
+    @property
+    def kwargs(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups)
+
+
+CONFIGS = [
+    Config("odd_primes", (2, 3, 7, 5), 5, (3, 3), padding=1),
+    Config("stride2", (2, 4, 9, 7), 6, (3, 3), stride=2, padding=1),
+    Config("stride3_rect_kernel", (1, 3, 11, 8), 4, (3, 2), stride=(3, 2), padding=(1, 0)),
+    Config("dilation2", (2, 3, 9, 9), 4, (3, 3), padding=2, dilation=2),
+    Config("groups2", (2, 4, 6, 7), 6, (3, 3), padding=1, groups=2),
+    Config("depthwise", (2, 4, 6, 5), 4, (3, 3), padding=1, groups=4),
+    Config("depthwise_multiplier2", (1, 3, 5, 5), 6, (3, 3), groups=3),
+    Config("depthwise_stride2_dilated", (2, 3, 9, 8), 3, (3, 2), stride=2, padding=(2, 1), dilation=(2, 1), groups=3),
+    Config("single_input_channel", (2, 1, 7, 6), 4, (3, 3), stride=2),
+    Config("1x1", (2, 5, 4, 3), 7, (1, 1)),
+    Config("5x5_same", (1, 2, 8, 7), 3, (5, 5), padding="same"),
+    Config("even_kernel_same_dilated", (1, 2, 6, 7), 3, (4, 2), padding="same", dilation=(1, 2)),
+    Config("valid_no_bias", (2, 3, 6, 6), 4, (3, 3), padding="valid", bias=False),
+]
+IDS = [c.name for c in CONFIGS]
+
+
+# ------------------------------------------------------------------------------------------------
+# gradcheck (float64): fast mode over the grid, the full Jacobian on small cases (and the grid under -m slow)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_gradcheck_input_weight_bias(device, config):
+    x, w, b = config.tensors(device)
+    assert_gradcheck(ops.conv2d, x, w, b, fast_mode=True, **config.kwargs)
+
+
+@pytest.mark.parametrize("config", [
+    Config("tiny_stride2", (1, 2, 5, 4), 2, (3, 2), stride=2, padding=1),
+    Config("tiny_groups", (1, 2, 4, 4), 2, (2, 2), groups=2),
+], ids=lambda c: c.name)
+def test_gradcheck_full_jacobian_small(device, config):
+    x, w, b = config.tensors(device)
+    assert_gradcheck(ops.conv2d, x, w, b, **config.kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_gradcheck_full_jacobian_grid(device, config):
+    x, w, b = config.tensors(device)
+    assert_gradcheck(ops.conv2d, x, w, b, **config.kwargs)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_gradcheck_fused_epilogue(device, activation):
+    x, w, b = Config("epilogue", (2, 3, 5, 5), 4, (3, 3), padding=1).tensors(device)
+    assert_gradcheck(ops.conv2d, x, w, b, padding=1, activation=activation, fast_mode=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# Parity with the loop and unfold references and with F.conv2d
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=IDS)
+def test_matches_both_references_and_torch_fp32(device, config):
+    x, w, b = config.tensors(device)
+    oracles = {"loop": reference.conv2d_loop, "unfold": reference.conv2d_unfold, "torch": F.conv2d}
+    out = assert_matches(ops.conv2d, oracles, x, w, b, **config.kwargs)
+    assert out.dtype == torch.float32
+
+
+def _torch_in_float32(input, weight, bias=None, *args, **kwargs):
+    # The semantics of our low-precision conv: fp32 accumulation, one rounding at the end.
+    return F.conv2d(input.float(), weight.float(), None if bias is None else bias.float(), *args, **kwargs).to(input.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[1], CONFIGS[5]], ids=lambda c: c.name)
+def test_matches_torch_in_low_precision(device, config, dtype):
+    x, w, b = config.tensors(device, dtype)
+    out = assert_matches(ops.conv2d, {"torch (fp32 math)": _torch_in_float32, "unfold": reference.conv2d_unfold},
+                         x, w, b, **config.kwargs)
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_fused_epilogue_matches_conv_then_activation(device, activation):
+    x, w, b = CONFIGS[1].tensors(device)
+    act = {"relu": torch.relu, "gelu": F.gelu}[activation]
+
+    def conv_then_activation(input, weight, bias, *, activation, **kwargs):
+        return act(F.conv2d(input, weight, bias, **kwargs))
+
+    out = assert_matches(ops.conv2d, {"torch": conv_then_activation, "unfold": reference.conv2d_unfold},
+                         x, w, b, activation=activation, **CONFIGS[1].kwargs)
+    if activation == "relu":
+        assert (out == 0).any() and (out > 0).any()
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_weight_gradient_split_k_is_exact_and_deterministic(device, splits):
+    x = torch.randn(3, 4, 7, 6, device=device)
+    w = torch.randn(5, 4, 3, 3, device=device)
+    dz = torch.randn(3, 5, 7, 6, device=device)
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    dw, db = K.backward_weight(dz, x, w, *geometry, splits=splits)
+    again = K.backward_weight(dz, x, w, *geometry, splits=splits)
+    assert torch.equal(dw, again[0]) and torch.equal(db, again[1])
+    wr = w.clone().requires_grad_()
+    F.conv2d(x, wr, padding=1).backward(dz)
+    assert_close(dw, wr.grad, name="dweight")
+    assert_close(db, dz.sum(dim=(0, 2, 3)), name="dbias")
+
+
+@pytest.mark.parametrize("config", [CONFIGS[5], CONFIGS[7]], ids=lambda c: c.name)
+def test_one_channel_per_group_runs_the_direct_kernels(device, config, monkeypatch):
+    def gemm_must_not_run(*args, **kwargs):
+        raise AssertionError("a GEMM kernel ran for a depthwise convolution")
+
+    for name in ("conv2d_forward_kernel", "conv2d_backward_input_kernel", "conv2d_backward_weight_kernel"):
+        monkeypatch.setattr(K, name, type("Guard", (), {"__getitem__": lambda self, grid: gemm_must_not_run})())
+    x, w, b = config.tensors(device)
+    assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, **config.kwargs)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_depthwise_weight_gradient_split_k(device, splits):
+    x = torch.randn(2, 4, 6, 5, device=device)
+    w = torch.randn(8, 1, 3, 3, device=device)
+    dz = torch.randn(2, 8, 6, 5, device=device)
+    dw, db = K.backward_weight(dz, x, w, (1, 1), (1, 1), (1, 1), 4, splits=splits)
+    wr = w.clone().requires_grad_()
+    F.conv2d(x, wr, padding=1, groups=4).backward(dz)
+    assert_close(dw, wr.grad, name="dweight")
+    assert_close(db, dz.sum(dim=(0, 2, 3)), name="dbias")
+
+
+# ------------------------------------------------------------------------------------------------
+# Layouts and views
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["input", "weight", "both"])
+def test_channels_last_matches_and_keeps_torch_layout(device, which):
+    x, w, b = CONFIGS[0].tensors(device)
+    if which in ("input", "both"):
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    if which in ("weight", "both"):
+        w = w.detach().to(memory_format=torch.channels_last).requires_grad_()
+    out = assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, padding=1)
+    expected = F.conv2d(x.detach(), w.detach(), b.detach(), padding=1)
+    assert out.stride() == expected.stride()
+
+
+def test_channels_last_input_is_not_copied(device, monkeypatch):
+    x, w, b = (t.detach() for t in CONFIGS[0].tensors(device))
+    x = x.to(memory_format=torch.channels_last)
+    copies = []
+    for name in ("contiguous", "clone"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            copies.append(tuple(self.shape))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    ops.conv2d(x, w, b, padding=1)
+    assert copies == []
+
+
+@pytest.mark.parametrize("view", ["strided_w", "cropped_h", "channel_slice", "transposed_hw"])
+def test_sliced_views_as_input(device, view):
+    base = torch.randn(2, 6, 9, 12, device=device)
+    x = {
+        "strided_w": lambda t: t[:, :3, :, ::2],
+        "cropped_h": lambda t: t[:, :3, 1:8],
+        "channel_slice": lambda t: t[:, 1:4],
+        "transposed_hw": lambda t: t[:, :3].transpose(2, 3),
+    }[view](base)
+    assert not x.is_contiguous()
+    _, w, b = Config("view", (2, 3, 1, 1), 4, (3, 3)).tensors(device)
+    assert_matches(ops.conv2d, {"torch": F.conv2d}, x.requires_grad_(), w, b, padding=1, stride=(1, 2))
+
+
+def test_non_contiguous_weight(device):
+    x, _, b = CONFIGS[0].tensors(device)
+    w = torch.randn(3, 3, 5, 3, device=device).transpose(0, 2).requires_grad_()  # (5, 3, 3, 3), strided
+    assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, padding=1)
+
+
+def test_expanded_upstream_gradient(device):
+    x, w, b = CONFIGS[1].tensors(device)
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    ops.conv2d(x, w, b, stride=2, padding=1, activation="gelu").sum().backward()
+    F.gelu(F.conv2d(xr, wr, br, stride=2, padding=1)).sum().backward()
+    for ours, theirs, name in ((x.grad, xr.grad, "dx"), (w.grad, wr.grad, "dweight"), (b.grad, br.grad, "dbias")):
+        assert_close(ours, theirs, name=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Module, BN folding, autocast, empty and unbatched input
+# ------------------------------------------------------------------------------------------------
+
+
+def test_module_loads_a_torch_state_dict_and_matches(device):
+    theirs = torch.nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2)).to(device)
+    ours = ops.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2)).to(device)
+    assert isinstance(ours, torch.nn.Conv2d)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, 3, 7, 8, device=device)
+    assert_close(ours(x), theirs(x))
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+
+
+def test_module_padding_same_and_fused_activation(device):
+    theirs = torch.nn.Conv2d(2, 3, 4, padding="same").to(device)
+    ours = ops.Conv2d(2, 3, 4, padding="same", activation="relu").to(device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(1, 2, 6, 5, device=device)
+    assert_close(ours(x), torch.relu(theirs(x)))
+    assert "activation='relu'" in repr(ours)
+
+
+def test_module_rejects_other_padding_modes():
+    with pytest.raises(NotImplementedError, match="padding_mode='reflect' is not implemented"):
+        ops.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+
+
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_fuse_conv_bn_eval_matches_conv_then_bn(device, activation):
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1, bias=activation is None).to(device).eval()
+    bn = torch.nn.BatchNorm2d(5).to(device).eval()
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.normal_()
+    fused = ops.fuse_conv_bn_eval(conv, bn, activation=activation)
+    assert isinstance(fused, ops.Conv2d) and fused.activation == activation
+    x = torch.randn(2, 3, 6, 7, device=device)
+    expected = bn(conv(x))
+    assert_close(fused(x), torch.relu(expected) if activation else expected)
+
+
+def test_fuse_conv_bn_eval_requires_eval_mode():
+    with pytest.raises(ValueError, match="must be in eval mode"):
+        ops.fuse_conv_bn_eval(torch.nn.Conv2d(3, 5, 3), torch.nn.BatchNorm2d(5))
+
+
+def test_autocast_casts_like_torch(device):
+    x, w, b = (t.detach() for t in CONFIGS[0].tensors(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        ours = ops.conv2d(x, w, b, padding=1)
+        theirs = F.conv2d(x, w, b, padding=1)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert_close(ours, _torch_in_float32(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1))
+
+
+def test_empty_batch(device):
+    x = torch.randn(0, 3, 5, 5, device=device, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(4, device=device, requires_grad=True)
+    y = ops.conv2d(x, w, b, stride=2)
+    assert y.shape == F.conv2d(x.detach(), w.detach(), b.detach(), stride=2).shape == (0, 4, 2, 2)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+def test_unbatched_input(device):
+    x = torch.randn(3, 6, 5, device=device, requires_grad=True)
+    _, w, b = CONFIGS[0].tensors(device)
+    out = assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, padding=1)
+    assert out.shape == (5, 6, 5)
+
+
+def test_reference_backend_routes_to_unfold(device, monkeypatch):
+    def kernel_must_not_run(*args, **kwargs):
+        raise AssertionError("the Triton kernel ran under TRITONPROP_BACKEND=reference")
+
+    monkeypatch.setattr(K, "forward", kernel_must_not_run)
+    monkeypatch.setenv(backend.BACKEND_ENV, "reference")
+    x, w, b = CONFIGS[0].tensors(device)
+    assert_close(ops.conv2d(x, w, b, padding=1), F.conv2d(x, w, b, padding=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case,error,match", [
+    ("channel_mismatch", RuntimeError, r"expected input\[2, 4, 5, 5\] to have 3 channels, but got 4"),
+    ("groups_do_not_divide_out_channels", RuntimeError, "expected weight to be divisible by 2 at dimension 0"),
+    ("groups_do_not_divide_in_channels", RuntimeError, "to have 4 channels, but got 5 channels"),
+    ("kernel_larger_than_padded_input", RuntimeError, "Kernel size can't be greater than actual input size"),
+    ("input_5d", RuntimeError, "expected 3D \\(unbatched\\) or 4D \\(batched\\) input"),
+    ("weight_3d", RuntimeError, "expected a 4D weight"),
+    ("integer_input", TypeError, "input must be a floating-point tensor"),
+    ("dtype_mismatch", TypeError, "weight dtype torch.float64 should be the same"),
+    ("bias_size", RuntimeError, "expected bias to be 1-dimensional with 6 elements"),
+    ("zero_stride", RuntimeError, "non-positive stride is not supported"),
+    ("negative_padding", RuntimeError, "negative padding is not supported"),
+    ("same_with_stride", RuntimeError, "padding='same' is not supported for strided convolutions"),
+    ("unknown_padding_string", RuntimeError, "Invalid padding string: 'full'"),
+    ("three_strides", RuntimeError, "expected stride to be a single integer value or a list of 2 values"),
+    ("zero_groups", RuntimeError, "non-positive groups is not supported"),
+    ("unknown_activation", ValueError, "activation must be one of None, 'relu', 'gelu'"),
+])
+def test_bad_arguments_name_the_argument(case, error, match):
+    x = torch.randn(2, 4, 5, 5)
+    w = torch.randn(6, 2, 3, 3)
+    kwargs = dict(input=x, weight=w, groups=2)
+    if case == "channel_mismatch":
+        kwargs.update(weight=torch.randn(6, 3, 3, 3), groups=1)
+    elif case == "groups_do_not_divide_out_channels":
+        kwargs["weight"] = torch.randn(5, 2, 3, 3)
+    elif case == "groups_do_not_divide_in_channels":
+        kwargs["input"] = torch.randn(2, 5, 5, 5)
+    elif case == "kernel_larger_than_padded_input":
+        kwargs.update(weight=torch.randn(6, 4, 7, 7), groups=1)
+    elif case == "input_5d":
+        kwargs["input"] = torch.randn(1, 2, 4, 5, 5)
+    elif case == "weight_3d":
+        kwargs["weight"] = torch.randn(6, 2, 3)
+    elif case == "integer_input":
+        kwargs["input"] = x.long()
+    elif case == "dtype_mismatch":
+        kwargs["weight"] = w.double()
+    elif case == "bias_size":
+        kwargs["bias"] = torch.randn(5)
+    elif case == "zero_stride":
+        kwargs["stride"] = 0
+    elif case == "negative_padding":
+        kwargs["padding"] = -1
+    elif case == "same_with_stride":
+        kwargs.update(padding="same", stride=2)
+    elif case == "unknown_padding_string":
+        kwargs["padding"] = "full"
+    elif case == "three_strides":
+        kwargs["stride"] = (1, 1, 1)
+    elif case == "zero_groups":
+        kwargs["groups"] = 0
+    elif case == "unknown_activation":
+        kwargs["activation"] = "tanh"
+    with pytest.raises(error, match=match):
+        ops.conv2d(**kwargs)
