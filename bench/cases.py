@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tritonprop import ops
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
+from tritonprop.ops.reference import conv2d as reference_conv2d
 
 IMPLS = ("tritonprop", "naive", "torch")
 MODES = ("fwd", "fwd+bwd")
@@ -44,6 +45,7 @@ class Case:
     work: dict[str, int]  # mode -> bytes moved (unit "bytes") or FLOPs done (unit "flops")
     unit: str = "bytes"
     target: dict[str, float] = field(default_factory=dict)  # mode -> minimum t_torch / t_ours
+    extra: tuple = ()  # op-specific parameters the builder needs (kernel size, stride, ...)
 
     @property
     def name(self) -> str:
@@ -144,9 +146,92 @@ def batch_norm_cases(device: torch.device) -> list[Case]:
     return cases
 
 
+# ------------------------------------------------------------------------------------------------
+# Conv2d (and the fused conv + bias + ReLU epilogue)
+# ------------------------------------------------------------------------------------------------
+
+def _torch_conv_then_relu(x, w, b, stride, padding, activation=None):
+    y = F.conv2d(x, w, b, stride, padding)
+    return torch.relu(y) if activation == "relu" else y
+
+
+def _unfold_conv(x, w, b, stride, padding, activation=None):
+    return reference_conv2d.conv2d_unfold(x, w, b, stride, padding, activation=activation)
+
+
+def _tritonprop_conv(x, w, b, stride, padding, activation=None):
+    return ops.conv2d(x, w, b, stride, padding, activation=activation)
+
+
+CONV2D_IMPLS = {"tritonprop": _tritonprop_conv, "naive": _unfold_conv, "torch": _torch_conv_then_relu}
+
+# (N, C, K, H, kernel, stride, padding) on CUDA as in BENCHMARKS.md; a tiny stand-in; dtype;
+# layout; fused ReLU epilogue; targets as t_torch / t_ours (bf16 channels_last 3x3: fwd 0.8x,
+# fwd+bwd 0.7x; the fused path 1.0x against cuDNN conv followed by the separate ops).
+CONV2D_SHAPES = [
+    ((32, 64, 64, 56, 3, 1, 1), (2, 4, 4, 6, 3, 1, 1), torch.bfloat16, "channels_last", False,
+     {"fwd": 0.8, "fwd+bwd": 0.7}),
+    ((32, 64, 64, 56, 3, 1, 1), (2, 4, 4, 6, 3, 1, 1), torch.bfloat16, "channels_last", True,
+     {"fwd": 1.0, "fwd+bwd": 1.0}),
+    ((32, 64, 64, 56, 3, 1, 1), (2, 4, 4, 6, 3, 1, 1), torch.float32, "NCHW", False, {}),
+    ((32, 256, 64, 56, 1, 1, 0), (2, 5, 3, 5, 1, 1, 0), torch.bfloat16, "channels_last", False, {}),
+    ((32, 128, 128, 28, 3, 1, 1), (2, 4, 4, 5, 3, 1, 1), torch.bfloat16, "channels_last", False,
+     {"fwd": 0.8, "fwd+bwd": 0.7}),
+    ((32, 3, 64, 224, 7, 2, 3), (1, 3, 4, 9, 7, 2, 3), torch.bfloat16, "channels_last", False, {}),
+    ((128, 32, 64, 28, 3, 1, 1), (2, 3, 4, 5, 3, 1, 1), torch.float32, "NCHW", False, {}),
+]
+
+
+def _build_conv2d(case: Case, device: torch.device) -> Callables:
+    N, C, H, W = case.shape
+    K, R, stride, padding, activation = case.extra
+    generator = torch.Generator(device=device).manual_seed(0)
+    memory_format = MEMORY_FORMATS[case.layout]
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the cuDNN baseline of BENCHMARKS.md picks its best algorithm
+
+    def random(*shape, scale=1.0):
+        t = torch.randn(shape, generator=generator, device=device) * scale
+        return t.to(case.dtype).contiguous(memory_format=memory_format) if len(shape) == 4 else t.to(case.dtype)
+
+    x = random(N, C, H, W).requires_grad_()
+    w = random(K, C, R, R, scale=(C * R * R) ** -0.5).requires_grad_()
+    b = random(K).requires_grad_()
+    Ho = (H + 2 * padding - R) // stride + 1
+    dy = random(N, K, Ho, Ho)
+
+    callables = {}
+    for impl, conv in CONV2D_IMPLS.items():
+        def forward(conv=conv):
+            return conv(x, w, b, stride, padding, activation)
+
+        def forward_backward(forward=forward):
+            return torch.autograd.grad(forward(), (x, w, b), dy)
+
+        callables[impl] = {"fwd": forward, "fwd+bwd": forward_backward}
+    return callables
+
+
+def conv2d_cases(device: torch.device) -> list[Case]:
+    """Conv2d cases: BENCHMARKS.md shapes on CUDA, tiny stand-ins on the CPU."""
+    cases = []
+    for cuda_shape, cpu_shape, dtype, layout, fused, target in CONV2D_SHAPES:
+        N, C, K, H, R, stride, padding = cuda_shape if device.type == "cuda" else cpu_shape
+        Ho = (H + 2 * padding - R) // stride + 1
+        flops = 2 * N * K * Ho * Ho * C * R * R
+        label = f"{N}x{C}->{K}x{H} {R}x{R} s{stride}" + (" +bias+relu" if fused else "")
+        cases.append(Case(
+            op="conv2d", label=label, shape=(N, C, H, H), dtype=dtype, layout=layout, builder=_build_conv2d,
+            work={"fwd": flops, "fwd+bwd": 3 * flops}, unit="flops", target=target,
+            extra=(K, R, stride, padding, "relu" if fused else None),
+        ))
+    return cases
+
+
 # op name -> its case list for a device
 CASES: dict[str, Callable[[torch.device], list[Case]]] = {
     "batch_norm": batch_norm_cases,
+    "conv2d": conv2d_cases,
 }
 
 
