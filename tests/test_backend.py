@@ -101,7 +101,9 @@ def test_cli_info_reports_versions_and_op_modes():
 def test_cli_selfcheck_passes():
     result = _cli("selfcheck")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "batch_norm" in result.stdout and "ok" in result.stdout
+    for op in ("batch_norm", "conv2d"):
+        assert f"{op:<12} forward+backward vs torch" in result.stdout
+    assert "FAILED" not in result.stdout
 
 
 def test_cli_bench_passes_its_options_to_the_report():

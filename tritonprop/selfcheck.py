@@ -26,12 +26,28 @@ def _batch_norm_case(device):
     return [(name, ours, theirs) for name, ours, theirs in zip(names, *results)]
 
 
-CASES = {"batch_norm": _batch_norm_case}
+def _conv2d_case(device):
+    x = torch.randn(2, 3, 9, 8, device=device).to(memory_format=torch.channels_last)
+    weight = torch.randn(4, 3, 3, 3, device=device) * 0.3
+    bias = torch.randn(4, device=device)
+    upstream = torch.randn(2, 4, 5, 4, device=device)
+    results = []
+    for fn in (ops.conv2d, F.conv2d):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+        y = fn(leaves[0], leaves[1], leaves[2], stride=2, padding=1)
+        results.append([y, *torch.autograd.grad(y, leaves, upstream)])
+    names = ["output", "dx", "dweight", "dbias"]
+    return [(name, ours, theirs) for name, ours, theirs in zip(names, *results)]
+
+
+CASES = {"batch_norm": _batch_norm_case, "conv2d": _conv2d_case}
 
 
 def run(device=None, atol=1e-4, rtol=1e-4) -> bool:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
+    # Full-precision fp32 on both sides: TF32 would need a looser bound than this check uses.
+    torch.backends.cudnn.allow_tf32 = False
     all_ok = True
     for op, case in CASES.items():
         worst = 0.0
