@@ -9,69 +9,22 @@ reference in tritonprop.ops.reference) and "torch" (torch native, the baseline e
 taken against). On CUDA the shapes are those of BENCHMARKS.md; under the
 interpreter each case keeps its dtype and layout but shrinks to a tiny stand-in shape.
 
-A new op adds a builder and a `<op>_cases(device)` list in the style of batch norm below, and
-registers it in `CASES`; the pytest suite and the report pick it up from there.
+A new op writes its builder and `<op>_cases(device)` list in the style of batch norm below (in a
+module of its own, `bench/cases_<op>.py`, importing `Case` from `bench/case.py`), and registers
+it in `CASES` here; the report picks it up from there.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from tritonprop import ops
+from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case  # noqa: F401
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
 from tritonprop.ops.reference import conv2d as reference_conv2d
-
-IMPLS = ("tritonprop", "naive", "torch")
-MODES = ("fwd", "fwd+bwd")
-DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channels_last}
-
-# {impl: {mode: callable}}
-Callables = dict[str, dict[str, Callable[[], object]]]
-
-
-@dataclass(frozen=True)
-class Case:
-    op: str
-    label: str  # how tables name the case, e.g. "32x256x56x56"
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    layout: str
-    builder: Callable[["Case", torch.device], Callables]
-    work: dict[str, int]  # mode -> bytes moved (unit "bytes") or FLOPs done (unit "flops")
-    unit: str = "bytes"
-    target: dict[str, float] = field(default_factory=dict)  # mode -> minimum t_torch / t_ours
-    extra: tuple = ()  # op-specific parameters the builder needs (kernel size, stride, ...)
-
-    @property
-    def name(self) -> str:
-        return f"{self.op}-{self.label}-{DTYPE_NAMES[self.dtype]}-{self.layout}"
-
-    @property
-    def throughput_key(self) -> str:
-        return "gbps" if self.unit == "bytes" else "tflops"
-
-    @property
-    def throughput_unit(self) -> str:
-        return "GB/s" if self.unit == "bytes" else "TFLOP/s"
-
-    def throughput(self, mode: str, median_ms: float) -> float:
-        """GB/s or TFLOP/s of `mode` done in `median_ms`."""
-        per_second = self.work[mode] / (median_ms * 1e-3)
-        return per_second / (1e9 if self.unit == "bytes" else 1e12)
-
-    def describe(self) -> dict:
-        """The fields that identify a case in pytest-benchmark's extra_info and in bench.json."""
-        return dict(op=self.op, case=self.label, dtype=DTYPE_NAMES[self.dtype], layout=self.layout)
-
-    def build(self, device: torch.device) -> Callables:
-        """Fresh random inputs on `device`, and a zero-argument callable per implementation and mode."""
-        return self.builder(self, device)
-
 
 # ------------------------------------------------------------------------------------------------
 # BatchNorm2d, training

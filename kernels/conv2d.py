@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from tritonprop.kernels.activations import gelu, gelu_grad
 from tritonprop.kernels._common import (
     accumulator_dtype,
     dot_accumulate,
@@ -31,20 +32,6 @@ from tritonprop.kernels._common import (
 )
 
 ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
-
-
-@triton.jit
-def _gelu(z):
-    # Exact (erf) GELU, torch's default approximation='none'.
-    return 0.5 * z * (1.0 + tl.erf(z * 0.7071067811865476))
-
-
-@triton.jit
-def _gelu_grad(z):
-    # d/dz [z * Phi(z)] = Phi(z) + z * phi(z), with Phi the normal CDF and phi its density.
-    cdf = 0.5 * (1.0 + tl.erf(z * 0.7071067811865476))
-    pdf = 0.3989422804014327 * tl.exp(-0.5 * z * z)
-    return cdf + z * pdf
 
 
 @triton.jit
@@ -123,7 +110,7 @@ def _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_o
     if ACTIVATION == 1:
         out = tl.maximum(acc, 0.0)
     elif ACTIVATION == 2:
-        out = _gelu(acc)
+        out = gelu(acc)
 
     y_offsets = (n.to(tl.int64) * stride_yn + oh.to(tl.int64) * stride_yh + ow.to(tl.int64) * stride_yw)[:, None] \
         + k.to(tl.int64)[None, :] * stride_yk
@@ -294,7 +281,7 @@ def conv2d_activation_backward_kernel(
         # `saved` is y = relu(z); y > 0 exactly where z > 0, and the gradient at 0 is 0 as in torch.
         dz = tl.where(saved > 0.0, dy, 0.0)
     else:
-        dz = dy * _gelu_grad(saved)
+        dz = dy * gelu_grad(saved)
     tl.store(dz_ptr + i0 * stride_s0 + i1 * stride_s1 + i2 * stride_s2 + i3 * stride_s3,
              dz.to(dz_ptr.dtype.element_ty), mask=mask)
 

@@ -386,3 +386,14 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs["activation"] = "tanh"
     with pytest.raises(error, match=match):
         ops.conv2d(**kwargs)
+
+
+def test_float32_dot_precision_follows_the_cudnn_tf32_flag(monkeypatch):
+    # Compiled kernels use TF32 exactly when torch's conv would; the interpreter is always exact.
+    from tritonprop.kernels import _common
+
+    monkeypatch.setattr(backend, "interpreting", lambda: False)
+    for flag, expected in ((True, "tf32"), (False, "ieee")):
+        torch.backends.cudnn.allow_tf32 = flag
+        assert _common.dot_options(torch.float32, K._allow_tf32())["INPUT_PRECISION"] == expected
+    assert _common.dot_options(torch.bfloat16, True) == dict(INPUT_PRECISION="ieee", UPCAST_OPERANDS=False)
