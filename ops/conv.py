@@ -12,6 +12,7 @@ from torch.autograd.function import once_differentiable
 from tritonprop import backend
 from tritonprop.kernels import conv2d as K
 from tritonprop.ops import _checks
+from tritonprop.ops._autocast import cast_to_lower_precision
 from tritonprop.ops.reference import conv2d as reference
 
 OP = "conv2d"
@@ -78,15 +79,6 @@ def _validate(input, weight, bias, groups):
             raise TypeError(f"{OP}: input dtype {input.dtype} and bias dtype {bias.dtype} should be the same")
 
 
-def _autocast(device_type, tensors):
-    """conv2d is on autocast's lower-precision list: inside autocast, floating args are cast to
-    the autocast dtype, as torch casts them for its own conv."""
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
-
-
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
     """`torch.nn.functional.conv2d`, computed by Triton kernels; optionally ``activation(conv + bias)``."""
     if activation not in ACTIVATIONS:
@@ -95,7 +87,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if backend.use_reference():
         return reference.conv2d_unfold(input, weight, bias, stride, padding, dilation, groups, activation=activation)
     backend.check_devices(OP, input=input, weight=weight, bias=bias)
-    input, weight, bias = _autocast(input.device.type, [input, weight, bias])
+    input, weight, bias = cast_to_lower_precision(input.device.type, [input, weight, bias])
     geometry = reference.conv2d_geometry(input.shape, weight.shape, stride, padding, dilation)
     # The kernels take the top/left padding; bottom/right follow from the output size.
     pad_top, _, pad_left, _ = geometry.padding

@@ -1,0 +1,13 @@
+"""torch.autocast for custom ops: cast the arguments as torch casts them for its own op."""
+from __future__ import annotations
+
+import torch
+
+
+def cast_to_lower_precision(device_type: str, tensors):
+    """For ops on autocast's lower-precision list (conv2d, linear, ...): inside an autocast region,
+    floating tensors are cast to the autocast dtype; outside one, nothing changes."""
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
