@@ -15,13 +15,14 @@ GELU_TANH_CUBIC = tl.constexpr(0.044715)
 
 @triton.jit
 def relu(z):
-    return tl.maximum(z, 0.0)
+    # Compiled tl.maximum returns 0 for NaN by default; torch's relu keeps the NaN.
+    return tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
 def relu_grad(z):
-    # torch: the gradient at exactly 0 is 0.
-    return tl.where(z > 0.0, 1.0, 0.0)
+    # As torch's threshold_backward: 0 where z <= 0 (so 0 exactly at 0), 1 elsewhere, NaN included.
+    return tl.where(z <= 0.0, 0.0, 1.0)
 
 
 @triton.jit

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, parallel_programs
+from tritonprop.kernels.activations import relu
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
@@ -237,7 +238,7 @@ def batch_norm_apply_kernel(
     x = tl.load(x_ptr + _tile_offsets(o, i, c, stride_xo, stride_xi, stride_xc), mask=mask, other=0.0)
     _, z = _normalize(x.to(ACC_DTYPE), mean, invstd, w, b)
     if FUSE_RELU:
-        z = tl.maximum(z, 0.0)
+        z = relu(z)
     tl.store(y_ptr + _tile_offsets(o, i, c, stride_yo, stride_yi, stride_yc),
              z.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -277,7 +278,7 @@ def batch_norm_backward_partial_kernel(
         xhat, z = _normalize(x.to(ACC_DTYPE), mean, invstd, w, b)
         dy = dy.to(ACC_DTYPE)
         if FUSE_RELU:
-            dy = tl.where(z > 0.0, dy, 0.0)
+            dy = tl.where(z <= 0.0, 0.0, dy)
         # Out-of-bounds positions loaded dy = 0, so they add nothing to either sum.
         sum_dy += tl.sum(tl.sum(dy, axis=1), axis=0)
         sum_dy_xhat += tl.sum(tl.sum(dy * xhat, axis=1), axis=0)
@@ -334,7 +335,7 @@ def batch_norm_backward_input_kernel(
     xhat, z = _normalize(x.to(ACC_DTYPE), mean, invstd, w, b)
     dy = dy.to(ACC_DTYPE)
     if FUSE_RELU:
-        dy = tl.where(z > 0.0, dy, 0.0)
+        dy = tl.where(z <= 0.0, 0.0, dy)
     if TRAINING:
         # mean and var depend on every x of the channel, which adds two terms:
         # dx = w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels.activations import gelu, gelu_grad
+from tritonprop.kernels.activations import gelu, gelu_grad, relu
 from tritonprop.kernels._common import (
     accumulator_dtype,
     dot_accumulate,
@@ -108,7 +108,7 @@ def _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_o
         acc += tl.load(b_ptr + k, mask=col_ok, other=0.0).to(ACC_DTYPE)[None, :]
     out = acc
     if ACTIVATION == 1:
-        out = tl.maximum(acc, 0.0)
+        out = relu(acc)
     elif ACTIVATION == 2:
         out = gelu(acc)
 
@@ -278,8 +278,8 @@ def conv2d_activation_backward_kernel(
     dy = tl.load(dy_ptr + i0 * stride_dy0 + i1 * stride_dy1 + i2 * stride_dy2 + i3 * stride_dy3,
                  mask=mask, other=0.0).to(ACC_DTYPE)
     if ACTIVATION == 1:
-        # `saved` is y = relu(z); y > 0 exactly where z > 0, and the gradient at 0 is 0 as in torch.
-        dz = tl.where(saved > 0.0, dy, 0.0)
+        # `saved` is y = relu(z): y <= 0 exactly where z <= 0 (NaN stays NaN), as torch's mask.
+        dz = tl.where(saved <= 0.0, 0.0, dy)
     else:
         dz = dy * gelu_grad(saved)
     tl.store(dz_ptr + i0 * stride_s0 + i1 * stride_s1 + i2 * stride_s2 + i3 * stride_s3,

@@ -397,3 +397,13 @@ def test_float32_dot_precision_follows_the_cudnn_tf32_flag(monkeypatch):
         torch.backends.cudnn.allow_tf32 = flag
         assert _common.dot_options(torch.float32, K._allow_tf32())["INPUT_PRECISION"] == expected
     assert _common.dot_options(torch.bfloat16, True) == dict(INPUT_PRECISION="ieee", UPCAST_OPERANDS=False)
+
+
+def test_fused_relu_keeps_nan_like_torch(device):
+    # torch's relu keeps NaN (and passes its gradient); compiled tl.maximum would turn it into 0.
+    x, w, b = (t.detach() for t in CONFIGS[0].tensors(device))
+    x[0, 1, 3, 2] = float("nan")
+    ours = ops.conv2d(x, w, b, padding=1, activation="relu")
+    theirs = torch.relu(F.conv2d(x, w, b, padding=1))
+    assert ours.isnan().sum() == theirs.isnan().sum() > 0
+    assert_close(ours, theirs)
