@@ -5,6 +5,12 @@
     y = ops.batch_norm(x, rm, rv, training=True)   # instead of F.batch_norm
 """
 from tritonprop.ops.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
+from tritonprop.ops.activations import GELU, ReLU, gelu, relu
 from tritonprop.ops.conv import Conv2d, conv2d, fuse_conv_bn_eval
+from tritonprop.ops.dropout import Dropout, dropout
 
-__all__ = ["batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "conv2d", "Conv2d", "fuse_conv_bn_eval"]
+__all__ = [
+    "batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+    "conv2d", "Conv2d", "fuse_conv_bn_eval",
+    "dropout", "Dropout", "gelu", "GELU", "relu", "ReLU",
+]

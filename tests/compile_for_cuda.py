@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
-FLOAT_SCALARS = {"eps", "momentum", "inv_count"}
+FLOAT_SCALARS = {"eps", "momentum", "inv_count", "p", "scale"}
 
 
 def _jit_function(kernel):
@@ -106,7 +106,37 @@ def conv2d_kernels():
             yield K.conv2d_activation_backward_kernel, pointer, dict(ACTIVATION=activation, BLOCK=1024, ACC_DTYPE=acc)
 
 
-KERNEL_SETS = {"batch_norm": batch_norm_kernels, "conv2d": conv2d_kernels}
+def elementwise_kernels():
+    from tritonprop.kernels import elementwise as K
+
+    for dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+        def pointer(name):
+            return dtype
+
+        for activation in K.ACTIVATIONS.values():
+            for flat in (True, False):
+                options = dict(ACTIVATION=activation, FLAT=flat, BLOCK=K.BLOCK, ACC_DTYPE=acc)
+                yield K.activation_forward_kernel, pointer, options
+                yield K.activation_backward_kernel, pointer, options
+
+
+def dropout_kernels():
+    from tritonprop.kernels import dropout as K
+
+    for dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+        def pointer(name):
+            return "i64" if name == "seed_ptr" else dtype
+
+        for flat in (True, False):
+            yield K.dropout_kernel, pointer, dict(FLAT=flat, BLOCK_GROUPS=K.BLOCK_GROUPS, ACC_DTYPE=acc)
+
+
+KERNEL_SETS = {
+    "batch_norm": batch_norm_kernels,
+    "conv2d": conv2d_kernels,
+    "elementwise": elementwise_kernels,
+    "dropout": dropout_kernels,
+}
 
 
 def main(names):

@@ -18,6 +18,9 @@ BACKENDS = ("triton", "reference")
 KERNEL_MODULES = {
     "batch_norm": "tritonprop.kernels.batchnorm",
     "conv2d": "tritonprop.kernels.conv2d",
+    "dropout": "tritonprop.kernels.dropout",
+    "gelu": "tritonprop.kernels.elementwise",
+    "relu": "tritonprop.kernels.elementwise",
 }
 
 

@@ -1,0 +1,103 @@
+"""ReLU and GELU: the autograd.Function, `relu` and `gelu` with F.relu's and F.gelu's signatures,
+and the modules `ReLU` and `GELU` (subclasses of torch's).
+
+Neither op is on an autocast cast list, so both run in their input's dtype inside an autocast
+region, as torch's do.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from tritonprop import backend
+from tritonprop.kernels import elementwise as K
+from tritonprop.ops import _checks
+from tritonprop.ops.reference import activations as reference
+
+GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}
+
+
+class ActivationFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, activation, inplace):
+        output = K.forward(input, activation, out=input if inplace else None)
+        if inplace:
+            ctx.mark_dirty(input)
+        # ReLU's backward needs only where the output is positive, so it keeps y (as torch does;
+        # an in-place ReLU has overwritten x anyway); the GELUs need x.
+        ctx.save_for_backward(output if activation == "relu" else input)
+        ctx.activation = activation
+        return output
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        saved, = ctx.saved_tensors
+        return K.backward(dy, saved, ctx.activation), None, None
+
+
+def check_in_place_target(op: str, input: torch.Tensor) -> None:
+    """torch's checks before writing into `input`, made before the kernel runs so that, as in
+    torch, a refused call leaves `input` untouched (autograd alone would object only afterwards)."""
+    if torch.is_grad_enabled() and input.requires_grad:
+        if input.is_leaf:
+            raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an in-place operation.")
+        if input._is_view() and input._base.is_leaf:
+            raise RuntimeError(f"{op}: a view of a leaf Variable that requires grad is being used in an in-place "
+                               "operation.")
+    if K.has_internal_overlap(input):
+        raise RuntimeError(
+            f"{op}: unsupported operation: more than one element of the written-to tensor (input, shape "
+            f"{tuple(input.shape)}, strides {input.stride()}) refers to a single memory location. Please "
+            "clone() the tensor before performing the operation."
+        )
+
+
+def _check_input(op: str, input) -> None:
+    _checks.check_tensor(op, "input", input)
+    if not input.is_floating_point():
+        # torch's relu also takes integer tensors; these kernels compute in floating point only.
+        raise NotImplementedError(f"{op}: input of dtype {input.dtype} is not supported; tritonprop's "
+                                  f"{op} takes floating-point tensors")
+
+
+def relu(input, inplace=False):
+    """`torch.nn.functional.relu`, computed by a Triton kernel; ``inplace=True`` overwrites input."""
+    _check_input("relu", input)
+    if backend.use_reference():
+        return reference.relu(input, inplace)
+    backend.check_devices("relu", input=input)
+    if inplace:
+        check_in_place_target("relu", input)
+    output = ActivationFn.apply(input, "relu", bool(inplace))
+    # In place, torch returns input itself. So does apply while autograd records; under no_grad
+    # it hands back an alias of an input that requires grad.
+    return input if inplace else output
+
+
+def gelu(input, approximate="none"):
+    """`torch.nn.functional.gelu`, computed by a Triton kernel; `approximate` is 'none' or 'tanh'."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"gelu: approximate must be a str, 'none' or 'tanh', not {type(approximate).__name__}")
+    if approximate not in GELU_APPROXIMATIONS:
+        # The same error, and type, as torch.nn.functional.gelu.
+        raise RuntimeError(f"gelu: approximate argument must be either none or tanh, got {approximate!r}")
+    _check_input("gelu", input)
+    if backend.use_reference():
+        return reference.gelu(input, approximate)
+    backend.check_devices("gelu", input=input)
+    return ActivationFn.apply(input, GELU_APPROXIMATIONS[approximate], False)
+
+
+class ReLU(torch.nn.ReLU):
+    """Drop-in `torch.nn.ReLU` (``inplace=True`` included)."""
+
+    def forward(self, input):
+        return relu(input, inplace=self.inplace)
+
+
+class GELU(torch.nn.GELU):
+    """Drop-in `torch.nn.GELU`, exact or with ``approximate='tanh'``."""
+
+    def forward(self, input):
+        return gelu(input, approximate=self.approximate)
