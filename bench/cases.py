@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tritonprop import ops
 from tritonprop.bench.cases_elementwise import elementwise_cases
+from tritonprop.bench.cases_layernorm import layer_norm_cases
 from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case  # noqa: F401
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
 from tritonprop.ops.reference import conv2d as reference_conv2d
@@ -187,6 +188,7 @@ CASES: dict[str, Callable[[torch.device], list[Case]]] = {
     "batch_norm": batch_norm_cases,
     "conv2d": conv2d_cases,
     "elementwise": elementwise_cases,
+    "layer_norm": layer_norm_cases,
 }
 
 

@@ -8,9 +8,11 @@ from tritonprop.ops.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, batc
 from tritonprop.ops.activations import GELU, ReLU, gelu, relu
 from tritonprop.ops.conv import Conv2d, conv2d, fuse_conv_bn_eval
 from tritonprop.ops.dropout import Dropout, dropout
+from tritonprop.ops.layernorm import LayerNorm, layer_norm
 
 __all__ = [
     "batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "conv2d", "Conv2d", "fuse_conv_bn_eval",
     "dropout", "Dropout", "gelu", "GELU", "relu", "ReLU",
+    "layer_norm", "LayerNorm",
 ]

@@ -11,3 +11,13 @@ def cast_to_lower_precision(device_type: str, tensors):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+
+
+def cast_to_float32_on_cuda(device_type: str, tensors):
+    """For ops on CUDA autocast's float32 list (layer_norm, ...): inside a CUDA autocast region,
+    float16/bfloat16 tensors are cast to float32 (float64 stays). CPU autocast lists none of these
+    ops, so on the CPU their arguments keep their own dtypes."""
+    if device_type != "cuda" or not torch.is_autocast_enabled(device_type):
+        return tensors
+    low = (torch.float16, torch.bfloat16)
+    return [t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t for t in tensors]

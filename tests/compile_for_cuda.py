@@ -131,7 +131,36 @@ def dropout_kernels():
             yield K.dropout_kernel, pointer, dict(FLAT=flat, BLOCK_GROUPS=K.BLOCK_GROUPS, ACC_DTYPE=acc)
 
 
+def layer_norm_kernels():
+    from tritonprop.kernels import layernorm as K
+
+    for x_dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+        acc_name = "fp64" if acc == tl.float64 else "fp32"
+        activations = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}
+        params = {"weight_ptr", "bias_ptr", "dweight_ptr", "dbias_ptr"}
+
+        def pointer(name):
+            if name in activations:
+                return x_dtype
+            # mean, rstd and the partials in the accumulator dtype; parameters fp32 beside a
+            # half input (mixed precision), fp64 beside fp64.
+            return acc_name if name not in params or x_dtype == "fp64" else "fp32"
+
+        # One row per block (the widest block), and many short rows per tile.
+        for blocks in (dict(BLOCK_M=1, BLOCK_N=4096), dict(BLOCK_M=64, BLOCK_N=64)):
+            for affine in (True, False):
+                yield K.layer_norm_forward_kernel, pointer, dict(blocks, HAS_WEIGHT=affine, HAS_BIAS=affine,
+                                                                 ACC_DTYPE=acc)
+            for compute_dx, has_weight in ((True, True), (False, True), (True, False)):
+                yield K.layer_norm_backward_kernel, pointer, dict(
+                    blocks, HAS_WEIGHT=has_weight, COMPUTE_DX=compute_dx, COMPUTE_DWEIGHT=has_weight,
+                    COMPUTE_DBIAS=has_weight, ACC_DTYPE=acc)
+        yield K.layer_norm_reduce_partials_kernel, pointer, dict(COMPUTE_DWEIGHT=True, COMPUTE_DBIAS=True,
+                                                                 BLOCK_P=32, BLOCK_N=128, ACC_DTYPE=acc)
+
+
 KERNEL_SETS = {
+    "layer_norm": layer_norm_kernels,
     "batch_norm": batch_norm_kernels,
     "conv2d": conv2d_kernels,
     "elementwise": elementwise_kernels,

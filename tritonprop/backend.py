@@ -20,6 +20,7 @@ KERNEL_MODULES = {
     "conv2d": "tritonprop.kernels.conv2d",
     "dropout": "tritonprop.kernels.dropout",
     "gelu": "tritonprop.kernels.elementwise",
+    "layer_norm": "tritonprop.kernels.layernorm",
     "relu": "tritonprop.kernels.elementwise",
 }
 

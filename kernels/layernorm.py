@@ -1,0 +1,381 @@
+"""Layer normalization kernels: the forward (statistics and normalize-and-affine) and the backward.
+
+Layout
+------
+LayerNorm normalizes each row of an input viewed as (M rows) x (N columns): the columns are the
+trailing `normalized_shape` dims, the rows everything before them. The launchers merge adjacent
+dims whose strides allow it, so each tensor is addressed by
+
+    row r = (outer, inner) with r = outer * rows_inner + inner   -> outer * stride_outer + inner * stride_inner
+    column c                                                      -> c * stride_col
+
+Two row axes cover the views transformers make (x.transpose(0, 1) of a (T, B, C) activation, a
+slice along T) without a copy; a view that needs more, or whose normalized dims do not merge into
+one stride, is copied once. Every kernel works on [BLOCK_M rows, BLOCK_N columns] tiles and loops
+over column blocks, so a row of any length works (BLOCK_N is at most MAX_BLOCK_N).
+
+Forward (`layer_norm_forward_kernel`, one program per block of rows):
+  pass 1: mean and M2 of each row, one column block at a time, merged with Chan's parallel
+          update (numerically safe even when |mean| >> std); stores mean and rstd = 1/sqrt(var + eps).
+  pass 2: y = (x - mean) * rstd * weight + bias.
+
+Backward (see docs/layernorm.md for the derivation):
+  1. `layer_norm_backward_kernel`: a grid of (chunk of rows) x (column block). Each program
+     takes the two row sums dx needs over whole rows, writes dx for its column block, and keeps
+     the column sums of dy * xhat and dy over its chunk of rows in registers: one row of the
+     [chunks, N] partials for dweight and dbias.
+  2. `layer_norm_reduce_partials_kernel`: sums the partials in a fixed order (deterministic, no
+     atomics) into dweight and dbias.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, parallel_programs
+
+# Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
+# values per thread at 8 warps).
+TILE_ELEMENTS = 4096
+# Widest column block. Rows up to this length are handled by one block per row; the backward of
+# longer rows re-reads each row once per column block for its two row sums (see the kernel).
+MAX_BLOCK_N = 4096
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared device helpers
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_offsets(rows, rows_inner, stride_outer, stride_inner):
+    # int64: a tensor may hold more than 2**31 elements even when each index fits in int32.
+    rows = rows.to(tl.int64)
+    return (rows // rows_inner) * stride_outer + (rows % rows_inner) * stride_inner
+
+
+@triton.jit
+def _tile(row_offsets, row_mask, col_start, N, stride_col, BLOCK_N: tl.constexpr):
+    """Columns, offsets and mask of the [BLOCK_M, BLOCK_N] tile of the given rows at col_start."""
+    cols = col_start + tl.arange(0, BLOCK_N)
+    offsets = row_offsets[:, None] + cols.to(tl.int64)[None, :] * stride_col
+    return cols, offsets, row_mask[:, None] & (cols < N)[None, :]
+
+
+@triton.jit
+def _column_param(param_ptr, cols, N, default, HAS_PARAM: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """weight or bias at `cols` as a [BLOCK_N] vector; an absent one acts as the constant `default`."""
+    if HAS_PARAM:
+        return tl.load(param_ptr + cols, mask=cols < N, other=default).to(ACC_DTYPE)
+    return tl.full(cols.shape, default, ACC_DTYPE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def layer_norm_forward_kernel(
+    x_ptr, y_ptr, weight_ptr, bias_ptr, mean_ptr, rstd_ptr,
+    M, N, rows_inner, eps,
+    stride_x_outer, stride_x_inner, stride_x_col,
+    stride_y_outer, stride_y_inner, stride_y_col,
+    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    x_rows = _row_offsets(rows, rows_inner, stride_x_outer, stride_x_inner)
+
+    # Pass 1: (count, mean, M2) of each row, one column block at a time.
+    count = tl.zeros([BLOCK_M], ACC_DTYPE)
+    mean = tl.zeros([BLOCK_M], ACC_DTYPE)
+    m2 = tl.zeros([BLOCK_M], ACC_DTYPE)
+    for col_start in range(0, N, BLOCK_N):
+        _, offsets, mask = _tile(x_rows, row_mask, col_start, N, stride_x_col, BLOCK_N)
+        x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+        block_count = tl.sum(mask.to(ACC_DTYPE), axis=1)
+        block_mean = tl.sum(x, axis=1) / tl.maximum(block_count, 1.0)
+        centered = tl.where(mask, x - block_mean[:, None], 0.0)
+        block_m2 = tl.sum(centered * centered, axis=1)
+        # Chan et al.'s pairwise update merges (count, mean, M2) of two disjoint sets exactly.
+        new_count = count + block_count
+        delta = block_mean - mean
+        share = block_count / tl.maximum(new_count, 1.0)
+        mean = mean + delta * share
+        m2 = m2 + block_m2 + delta * delta * count * share
+        count = new_count
+
+    # The biased variance, as torch normalizes with.
+    rstd = 1.0 / tl.sqrt(m2 / N + eps)
+    tl.store(mean_ptr + rows, mean, mask=row_mask)
+    tl.store(rstd_ptr + rows, rstd, mask=row_mask)
+
+    # Pass 2: normalize and apply the elementwise affine map.
+    y_rows = _row_offsets(rows, rows_inner, stride_y_outer, stride_y_inner)
+    for col_start in range(0, N, BLOCK_N):
+        cols, x_offsets, mask = _tile(x_rows, row_mask, col_start, N, stride_x_col, BLOCK_N)
+        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+        w = _column_param(weight_ptr, cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
+        b = _column_param(bias_ptr, cols, N, 0.0, HAS_BIAS, ACC_DTYPE)
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        y = xhat * w[None, :] + b[None, :]
+        _, y_offsets, _ = _tile(y_rows, row_mask, col_start, N, stride_y_col, BLOCK_N)
+        tl.store(y_ptr + y_offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def layer_norm_backward_kernel(
+    x_ptr, dy_ptr, dx_ptr, weight_ptr, mean_ptr, rstd_ptr, part_dweight_ptr, part_dbias_ptr,
+    M, N, rows_inner, row_blocks_per_chunk,
+    stride_x_outer, stride_x_inner, stride_x_col,
+    stride_dy_outer, stride_dy_inner, stride_dy_col,
+    stride_dx_outer, stride_dx_inner, stride_dx_col,
+    HAS_WEIGHT: tl.constexpr, COMPUTE_DX: tl.constexpr,
+    COMPUTE_DWEIGHT: tl.constexpr, COMPUTE_DBIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # Program (chunk, column block): rows of the chunk, columns of the block. Owning a column
+    # block lets the dweight/dbias sums stay in registers for the whole chunk.
+    chunk = tl.program_id(0)
+    col_start = tl.program_id(1) * BLOCK_N
+    cols = col_start + tl.arange(0, BLOCK_N)
+    w = _column_param(weight_ptr, cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
+
+    sum_dy_xhat = tl.zeros([BLOCK_N], ACC_DTYPE)
+    sum_dy = tl.zeros([BLOCK_N], ACC_DTYPE)
+    first_block = chunk * row_blocks_per_chunk
+    last_block = tl.minimum(first_block + row_blocks_per_chunk, tl.cdiv(M, BLOCK_M))
+    for row_block in range(first_block, last_block):
+        rows = row_block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        mean = tl.load(mean_ptr + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(rstd_ptr + rows, mask=row_mask, other=0.0)
+        x_rows = _row_offsets(rows, rows_inner, stride_x_outer, stride_x_inner)
+        dy_rows = _row_offsets(rows, rows_inner, stride_dy_outer, stride_dy_inner)
+
+        if COMPUTE_DX:
+            # Pass 1: mean(dy * w) and mean(dy * w * xhat) over each whole row. With one column
+            # block per row (N <= BLOCK_N) this is the same tile that pass 2 reads again from cache.
+            sum_wdy = tl.zeros([BLOCK_M], ACC_DTYPE)
+            sum_wdy_xhat = tl.zeros([BLOCK_M], ACC_DTYPE)
+            for row_col_start in range(0, N, BLOCK_N):
+                row_cols, x_offsets, mask = _tile(x_rows, row_mask, row_col_start, N, stride_x_col, BLOCK_N)
+                _, dy_offsets, _ = _tile(dy_rows, row_mask, row_col_start, N, stride_dy_col, BLOCK_N)
+                x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+                dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+                row_w = _column_param(weight_ptr, row_cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
+                # Masked positions have dy = 0, so they add nothing to either sum.
+                xhat = (x - mean[:, None]) * rstd[:, None]
+                wdy = dy * row_w[None, :]
+                sum_wdy += tl.sum(wdy, axis=1)
+                sum_wdy_xhat += tl.sum(wdy * xhat, axis=1)
+            mean_wdy = sum_wdy / N
+            mean_wdy_xhat = sum_wdy_xhat / N
+
+        # Pass 2: this program's column block.
+        _, x_offsets, mask = _tile(x_rows, row_mask, col_start, N, stride_x_col, BLOCK_N)
+        _, dy_offsets, _ = _tile(dy_rows, row_mask, col_start, N, stride_dy_col, BLOCK_N)
+        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+        dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        if COMPUTE_DX:
+            # The paths through the row's mean and variance add the two subtracted terms.
+            dx = rstd[:, None] * (dy * w[None, :] - mean_wdy[:, None] - xhat * mean_wdy_xhat[:, None])
+            dx_rows = _row_offsets(rows, rows_inner, stride_dx_outer, stride_dx_inner)
+            _, dx_offsets, _ = _tile(dx_rows, row_mask, col_start, N, stride_dx_col, BLOCK_N)
+            tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        sum_dy_xhat += tl.sum(dy * xhat, axis=0)
+        sum_dy += tl.sum(dy, axis=0)
+
+    partial = chunk.to(tl.int64) * N + cols
+    if COMPUTE_DWEIGHT:
+        tl.store(part_dweight_ptr + partial, sum_dy_xhat, mask=cols < N)
+    if COMPUTE_DBIAS:
+        tl.store(part_dbias_ptr + partial, sum_dy, mask=cols < N)
+
+
+@triton.jit
+def layer_norm_reduce_partials_kernel(
+    part_dweight_ptr, part_dbias_ptr, dweight_ptr, dbias_ptr,
+    P, N,
+    COMPUTE_DWEIGHT: tl.constexpr, COMPUTE_DBIAS: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # One program per column block sums the [P, N] partials over P, always in the same order,
+    # so dweight and dbias are the same on every run.
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dweight = tl.zeros([BLOCK_N], ACC_DTYPE)
+    dbias = tl.zeros([BLOCK_N], ACC_DTYPE)
+    for p_start in range(0, P, BLOCK_P):
+        p = p_start + tl.arange(0, BLOCK_P)
+        offsets = p.to(tl.int64)[:, None] * N + cols[None, :]
+        mask = (p < P)[:, None] & (cols < N)[None, :]
+        if COMPUTE_DWEIGHT:
+            dweight += tl.sum(tl.load(part_dweight_ptr + offsets, mask=mask, other=0.0), axis=0)
+        if COMPUTE_DBIAS:
+            dbias += tl.sum(tl.load(part_dbias_ptr + offsets, mask=mask, other=0.0), axis=0)
+    if COMPUTE_DWEIGHT:
+        tl.store(dweight_ptr + cols, dweight.to(dweight_ptr.dtype.element_ty), mask=cols < N)
+    if COMPUTE_DBIAS:
+        tl.store(dbias_ptr + cols, dbias.to(dbias_ptr.dtype.element_ty), mask=cols < N)
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch planning
+# ----------------------------------------------------------------------------------------------
+
+
+def row_col_axes(shape, normalized_ndim, *strides):
+    """Merge the dims of same-shaped tensors into two row axes and one column axis.
+
+    Returns ``(rows_inner, per_tensor)`` with, for each tensor, ``(stride_outer, stride_inner,
+    stride_col)``; or ``None`` when the leading dims need more than two axes or the normalized
+    dims more than one (a view that must be copied first). Dims are merged only where the merge
+    is valid for every tensor; size-1 dims are dropped.
+    """
+    def merge(dims):
+        axes = []  # each: [size, [stride per tensor]]
+        for d in dims:
+            if shape[d] == 1:
+                continue
+            if axes and all(axis_stride == t[d] * shape[d] for axis_stride, t in zip(axes[-1][1], strides)):
+                axes[-1][0] *= shape[d]
+                axes[-1][1] = [t[d] for t in strides]
+            else:
+                axes.append([shape[d], [t[d] for t in strides]])
+        return axes
+
+    split = len(shape) - normalized_ndim
+    rows, cols = merge(range(split)), merge(range(split, len(shape)))
+    if len(rows) > 2 or len(cols) > 1:
+        return None
+    while len(rows) < 2:
+        rows.insert(0, [1, [0] * len(strides)])
+    col_strides = cols[0][1] if cols else [0] * len(strides)
+    per_tensor = [(rows[0][1][k], rows[1][1][k], col_strides[k]) for k in range(len(strides))]
+    return rows[1][0], per_tensor
+
+
+def plan_blocks(M: int, N: int):
+    """(BLOCK_M, BLOCK_N): a whole row per column block when it fits, rows stacked up to a tile."""
+    block_n = min(triton.next_power_of_2(max(N, 1)), MAX_BLOCK_N)
+    block_m = min(triton.next_power_of_2(max(M, 1)), max(1, TILE_ELEMENTS // block_n))
+    return block_m, block_n
+
+
+def _block_kwargs(blocks):
+    block_m, block_n = blocks
+    # Not autotuned: each tile shape would multiply compile time on a fresh GPU machine, and
+    # for a streaming kernel the warp count matters little once loads are wide.
+    num_warps = 8 if block_m * block_n >= 2048 else 4
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
+
+
+def _rows_and_cols(x, normalized_ndim):
+    split = x.dim() - normalized_ndim
+    return math.prod(x.shape[:split]), math.prod(x.shape[split:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch functions
+# ----------------------------------------------------------------------------------------------
+
+
+def forward(x, normalized_ndim, weight, bias, eps, blocks=None):
+    """Layer norm over the last `normalized_ndim` dims of `x`. Returns ``(y, mean, rstd)``.
+
+    y is contiguous, as torch's is; mean and rstd hold one value per row, in fp32 (fp64 for fp64
+    x). weight and bias, when given, are contiguous with the normalized shape. ``blocks``
+    overrides (BLOCK_M, BLOCK_N) (tests use it to force several column blocks on small rows).
+    """
+    M, N = _rows_and_cols(x, normalized_ndim)
+    acc_torch = accumulator_torch_dtype(x.dtype)
+    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    mean = torch.empty(M, device=x.device, dtype=acc_torch)
+    rstd = torch.empty(M, device=x.device, dtype=acc_torch)
+    if x.numel() == 0:
+        return y, mean, rstd
+    axes = row_col_axes(x.shape, normalized_ndim, x.stride(), y.stride())
+    if axes is None:
+        # A view whose leading dims need three or more strides, or whose normalized dims do not
+        # share one stride, is copied once; dense inputs and common transposes never are.
+        x = x.contiguous()
+        axes = row_col_axes(x.shape, normalized_ndim, x.stride(), y.stride())
+    rows_inner, (x_strides, y_strides) = axes
+    blocks = blocks or plan_blocks(M, N)
+    layer_norm_forward_kernel[(triton.cdiv(M, blocks[0]),)](
+        x, y, weight if weight is not None else x, bias if bias is not None else x, mean, rstd,
+        M, N, rows_inner, eps, *x_strides, *y_strides,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        **_block_kwargs(blocks), ACC_DTYPE=accumulator_dtype(x.dtype),
+    )
+    return y, mean, rstd
+
+
+def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, need_weight=True, need_bias=True,
+             blocks=None, chunks=None):
+    """Gradients of layer norm. Returns ``(dx, dweight, dbias)``, with None for those not needed.
+
+    ``mean`` and ``rstd`` are the ones ``forward`` returned. dweight and dbias have the dtypes of
+    weight and bias (fp32 beside an fp16/bf16 input under mixed precision); bias enters only
+    through its dtype. ``blocks`` and ``chunks`` override the launch plan (tests use them to
+    force many partials).
+    """
+    M, N = _rows_and_cols(x, normalized_ndim)
+    need_weight = need_weight and weight is not None
+    need_bias = need_bias and bias is not None
+    dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if need_input else None
+    # Contiguous, whatever the parameters' strides: the reduce kernel writes them flat.
+    dweight = torch.empty(weight.shape, device=x.device, dtype=weight.dtype) if need_weight else None
+    dbias = torch.empty(bias.shape, device=x.device, dtype=bias.dtype) if need_bias else None
+    if x.numel() == 0:
+        # No rows: the parameter gradients are empty sums.
+        return dx, dweight.zero_() if need_weight else None, dbias.zero_() if need_bias else None
+    tensors = [x, dy] + ([dx] if need_input else [])
+    axes = row_col_axes(x.shape, normalized_ndim, *[t.stride() for t in tensors])
+    if axes is None:
+        # dy can arrive in any layout (autograd may hand us an expanded or transposed one), and x
+        # is the caller's input, which forward may have had to copy; when they do not line up,
+        # both are made contiguous.
+        x, dy = x.contiguous(), dy.contiguous()
+        tensors[:2] = [x, dy]
+        axes = row_col_axes(x.shape, normalized_ndim, *[t.stride() for t in tensors])
+    rows_inner, strides = axes
+    dx_strides = strides[2] if need_input else strides[0]
+
+    blocks = blocks or plan_blocks(M, N)
+    num_row_blocks = triton.cdiv(M, blocks[0])
+    num_col_blocks = triton.cdiv(N, blocks[1])
+    if chunks is None:
+        chunks = triton.cdiv(parallel_programs(x.device), num_col_blocks)
+    row_blocks_per_chunk = triton.cdiv(num_row_blocks, max(1, min(int(chunks), num_row_blocks)))
+    P = triton.cdiv(num_row_blocks, row_blocks_per_chunk)
+
+    acc_torch = accumulator_torch_dtype(x.dtype)
+    part_dweight = torch.empty((P, N), device=x.device, dtype=acc_torch) if need_weight else mean
+    part_dbias = torch.empty((P, N), device=x.device, dtype=acc_torch) if need_bias else mean
+    acc = accumulator_dtype(x.dtype)
+    layer_norm_backward_kernel[(P, num_col_blocks)](
+        x, dy, dx if need_input else x, weight if weight is not None else x, mean, rstd, part_dweight, part_dbias,
+        M, N, rows_inner, row_blocks_per_chunk, *strides[0], *strides[1], *dx_strides,
+        HAS_WEIGHT=weight is not None, COMPUTE_DX=need_input, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
+        **_block_kwargs(blocks), ACC_DTYPE=acc,
+    )
+    if need_weight or need_bias:
+        block_n = min(triton.next_power_of_2(N), 128)
+        layer_norm_reduce_partials_kernel[(triton.cdiv(N, block_n),)](
+            part_dweight, part_dbias, dweight if need_weight else mean, dbias if need_bias else mean,
+            P, N, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
+            BLOCK_P=max(1, min(triton.next_power_of_2(P), 4096 // block_n)), BLOCK_N=block_n, ACC_DTYPE=acc,
+        )
+    return dx, dweight, dbias
