@@ -70,3 +70,16 @@ def dot_options(dtype: torch.dtype, allow_tf32: bool) -> dict:
         INPUT_PRECISION="tf32" if tf32 else "ieee",
         UPCAST_OPERANDS=dtype == torch.bfloat16 and backend.interpreting(),
     )
+
+
+@triton.jit
+def chan_merge(count, mean, m2, part_count, part_mean, part_m2):
+    """Merge the statistics (count, mean, M2 = sum of squared deviations) of two disjoint sets.
+
+    Chan et al.'s pairwise update is exact in exact arithmetic and, unlike E[x^2] - E[x]^2, does
+    not cancel catastrophically when |mean| >> std. Empty parts (count 0) leave the totals as they are.
+    """
+    new_count = count + part_count
+    delta = part_mean - mean
+    share = part_count / tl.maximum(new_count, 1.0)
+    return new_count, mean + delta * share, m2 + part_m2 + delta * delta * count * share

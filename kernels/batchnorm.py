@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, parallel_programs
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, parallel_programs
 from tritonprop.kernels.activations import relu
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
@@ -143,13 +143,7 @@ def batch_norm_partial_stats_kernel(
         tile_mean = tl.sum(tl.sum(x, axis=1), axis=0) / tl.maximum(tile_count, 1.0)
         centered = tl.where(mask, x - tile_mean[None, None, :], 0.0)
         tile_m2 = tl.sum(tl.sum(centered * centered, axis=1), axis=0)
-        # Chan et al.'s pairwise update merges (count, mean, M2) of two disjoint sets exactly.
-        new_count = count + tile_count
-        delta = tile_mean - mean
-        share = tile_count / tl.maximum(new_count, 1.0)
-        mean = mean + delta * share
-        m2 = m2 + tile_m2 + delta * delta * count * share
-        count = new_count
+        count, mean, m2 = chan_merge(count, mean, m2, tile_count, tile_mean, tile_m2)
 
     c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
     row = (o_block * num_i_chunks + i_chunk).to(tl.int64) * C

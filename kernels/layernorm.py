@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, parallel_programs
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, parallel_programs
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
@@ -102,13 +102,7 @@ def layer_norm_forward_kernel(
         block_mean = tl.sum(x, axis=1) / tl.maximum(block_count, 1.0)
         centered = tl.where(mask, x - block_mean[:, None], 0.0)
         block_m2 = tl.sum(centered * centered, axis=1)
-        # Chan et al.'s pairwise update merges (count, mean, M2) of two disjoint sets exactly.
-        new_count = count + block_count
-        delta = block_mean - mean
-        share = block_count / tl.maximum(new_count, 1.0)
-        mean = mean + delta * share
-        m2 = m2 + block_m2 + delta * delta * count * share
-        count = new_count
+        count, mean, m2 = chan_merge(count, mean, m2, block_count, block_mean, block_m2)
 
     # The biased variance, as torch normalizes with.
     rstd = 1.0 / tl.sqrt(m2 / N + eps)

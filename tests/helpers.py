@@ -127,3 +127,20 @@ def assert_gradcheck(fn, *args, fast_mode=False, **kwargs):
               for k, v in kwargs.items()}
     assert any(isinstance(a, torch.Tensor) and a.requires_grad for a in converted), "nothing to check"
     assert torch.autograd.gradcheck(lambda *xs: fn(*xs, **kwargs), tuple(converted), fast_mode=fast_mode)
+
+
+def record_copy_calls(monkeypatch) -> list:
+    """Patch Tensor.contiguous and Tensor.clone so every call records the shape it was called on.
+
+    A test of "this layout is read in place" runs the op and asserts the list stays empty.
+    """
+    calls = []
+    for name in ("contiguous", "clone"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, **kwargs):
+            calls.append(tuple(self.shape))
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return calls

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import PARITY_DTYPES, assert_close, assert_gradcheck, assert_matches
+from helpers import PARITY_DTYPES, assert_close, assert_gradcheck, assert_matches, record_copy_calls
 from tritonprop import ops
 from tritonprop.kernels import batchnorm as K
 from tritonprop.ops.reference import batchnorm as reference
@@ -199,14 +199,7 @@ def test_output_layout_follows_input_like_torch(device, memory_format):
 def test_channels_last_is_not_copied(device, monkeypatch):
     # The kernels read channels_last in place: no .contiguous() is taken on the way.
     x = make_input((2, 3, 4, 5), True, device).detach()
-    calls = []
-    original = torch.Tensor.contiguous
-
-    def spy(self, *args, **kwargs):
-        calls.append(self.shape)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.Tensor, "contiguous", spy)
+    calls = record_copy_calls(monkeypatch)
     ops.batch_norm(x, None, None, training=True)
     assert [s for s in calls if len(s) == 4] == []
 

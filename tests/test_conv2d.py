@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close, assert_gradcheck, assert_matches
+from helpers import assert_close, assert_gradcheck, assert_matches, record_copy_calls
 from tritonprop import backend, ops
 from tritonprop.kernels import conv2d as K
 from tritonprop.ops.reference import conv2d as reference
@@ -196,15 +196,7 @@ def test_channels_last_matches_and_keeps_torch_layout(device, which):
 def test_channels_last_input_is_not_copied(device, monkeypatch):
     x, w, b = (t.detach() for t in CONFIGS[0].tensors(device))
     x = x.to(memory_format=torch.channels_last)
-    copies = []
-    for name in ("contiguous", "clone"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *args, _original=original, **kwargs):
-            copies.append(tuple(self.shape))
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
+    copies = record_copy_calls(monkeypatch)
     ops.conv2d(x, w, b, padding=1)
     assert copies == []
 

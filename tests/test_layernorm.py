@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import PARITY_DTYPES, assert_close, assert_gradcheck, assert_matches
+from helpers import PARITY_DTYPES, assert_close, assert_gradcheck, assert_matches, record_copy_calls
 from tritonprop import backend
 from tritonprop.kernels import layernorm as K
 from tritonprop.ops._autocast import cast_to_float32_on_cuda
@@ -215,15 +215,7 @@ def test_non_contiguous_views(device, view):
 def test_views_with_two_row_axes_are_not_copied(device, view, monkeypatch):
     base_shape, make_view, normalized_shape = VIEWS[view]
     x = make_view(torch.randn(base_shape, device=device)).requires_grad_()
-    copies = []
-    for name in ("contiguous", "clone"):
-        original = getattr(torch.Tensor, name)
-
-        def spy(self, *args, _original=original, **kwargs):
-            copies.append(tuple(self.shape))
-            return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
+    copies = record_copy_calls(monkeypatch)
     y = layer_norm(x, normalized_shape)
     y.backward(torch.ones_like(y))
     assert [s for s in copies if len(s) == x.dim()] == []
