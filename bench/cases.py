@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonprop import ops
+from tritonprop.bench.cases_cross_entropy import cross_entropy_cases
 from tritonprop.bench.cases_elementwise import elementwise_cases
 from tritonprop.bench.cases_layernorm import layer_norm_cases
 from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case  # noqa: F401
@@ -189,6 +190,7 @@ CASES: dict[str, Callable[[torch.device], list[Case]]] = {
     "conv2d": conv2d_cases,
     "elementwise": elementwise_cases,
     "layer_norm": layer_norm_cases,
+    "cross_entropy": cross_entropy_cases,
 }
 
 

@@ -7,6 +7,7 @@
 from tritonprop.ops.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
 from tritonprop.ops.activations import GELU, ReLU, gelu, relu
 from tritonprop.ops.conv import Conv2d, conv2d, fuse_conv_bn_eval
+from tritonprop.ops.cross_entropy import CrossEntropyLoss, LogSoftmax, NLLLoss, cross_entropy, log_softmax, nll_loss
 from tritonprop.ops.dropout import Dropout, dropout
 from tritonprop.ops.layernorm import LayerNorm, layer_norm
 
@@ -15,4 +16,5 @@ __all__ = [
     "conv2d", "Conv2d", "fuse_conv_bn_eval",
     "dropout", "Dropout", "gelu", "GELU", "relu", "ReLU",
     "layer_norm", "LayerNorm",
+    "cross_entropy", "CrossEntropyLoss", "log_softmax", "LogSoftmax", "nll_loss", "NLLLoss",
 ]

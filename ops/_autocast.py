@@ -13,11 +13,16 @@ def cast_to_lower_precision(device_type: str, tensors):
     return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
 
 
-def cast_to_float32_on_cuda(device_type: str, tensors):
-    """For ops on CUDA autocast's float32 list (layer_norm, ...): inside a CUDA autocast region,
-    float16/bfloat16 tensors are cast to float32 (float64 stays). CPU autocast lists none of these
-    ops, so on the CPU their arguments keep their own dtypes."""
-    if device_type != "cuda" or not torch.is_autocast_enabled(device_type):
+def cast_to_float32(device_type: str, tensors):
+    """For ops on autocast's float32 list of this device type (nll_loss, cross_entropy, ...):
+    inside an autocast region, float16/bfloat16 tensors are cast to float32 (float64 stays)."""
+    if not torch.is_autocast_enabled(device_type):
         return tensors
     low = (torch.float16, torch.bfloat16)
     return [t.float() if isinstance(t, torch.Tensor) and t.dtype in low else t for t in tensors]
+
+
+def cast_to_float32_on_cuda(device_type: str, tensors):
+    """For ops on CUDA autocast's float32 list that CPU autocast leaves alone (layer_norm,
+    log_softmax): cast as `cast_to_float32` on CUDA; on the CPU arguments keep their dtypes."""
+    return cast_to_float32(device_type, tensors) if device_type == "cuda" else tensors

@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
-FLOAT_SCALARS = {"eps", "momentum", "inv_count", "p", "scale"}
+FLOAT_SCALARS = {"eps", "momentum", "inv_count", "p", "scale", "label_smoothing"}
 
 
 def _jit_function(kernel):
@@ -159,7 +159,39 @@ def layer_norm_kernels():
                                                                  BLOCK_P=32, BLOCK_N=128, ACC_DTYPE=acc)
 
 
+def cross_entropy_kernels():
+    from tritonprop.kernels import cross_entropy as K
+
+    statistics = {"lse_ptr", "part_loss_ptr", "part_weight_ptr", "weight_sum_ptr", "total_weight_ptr"}
+    for dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+        acc_name = "fp64" if acc == tl.float64 else "fp32"
+
+        def pointer(name, target="i64"):
+            if name == "target_ptr":
+                return target
+            return acc_name if name in statistics else dtype
+
+        # One long row per program (class dim contiguous), and a tile of rows (NCHW-like logits);
+        # each kernel with every feature flag on, and with every one off.
+        for tiles in (dict(BLOCK_R=1, BLOCK_C=4096), dict(BLOCK_R=64, BLOCK_C=64)):
+            yield K.log_softmax_forward_kernel, pointer, dict(tiles, ACC_DTYPE=acc)
+            yield K.log_softmax_backward_kernel, pointer, dict(tiles, ACC_DTYPE=acc)
+            for on in (True, False):
+                yield K.cross_entropy_forward_kernel, pointer, dict(
+                    tiles, HAS_WEIGHT=on, SMOOTHING=on, PER_ROW_LOSS=on, ACC_DTYPE=acc)
+                yield K.cross_entropy_backward_kernel, pointer, dict(
+                    tiles, HAS_WEIGHT=on, SMOOTHING=on, MEAN=on, ACC_DTYPE=acc)
+                yield K.nll_loss_backward_kernel, pointer, dict(tiles, HAS_WEIGHT=on, MEAN=on, ACC_DTYPE=acc)
+        # uint8 class indices, which torch accepts as well as int64.
+        yield K.cross_entropy_forward_kernel, lambda name: pointer(name, "u8"), dict(
+            BLOCK_R=1, BLOCK_C=4096, HAS_WEIGHT=True, SMOOTHING=True, PER_ROW_LOSS=False, ACC_DTYPE=acc)
+        for on in (True, False):
+            yield K.nll_loss_forward_kernel, pointer, dict(HAS_WEIGHT=on, PER_ROW_LOSS=on, BLOCK_R=4096, ACC_DTYPE=acc)
+            yield K.loss_reduce_kernel, pointer, dict(MEAN=on, BLOCK_P=1024, ACC_DTYPE=acc)
+
+
 KERNEL_SETS = {
+    "cross_entropy": cross_entropy_kernels,
     "layer_norm": layer_norm_kernels,
     "batch_norm": batch_norm_kernels,
     "conv2d": conv2d_kernels,

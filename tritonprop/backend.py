@@ -18,6 +18,7 @@ BACKENDS = ("triton", "reference")
 KERNEL_MODULES = {
     "batch_norm": "tritonprop.kernels.batchnorm",
     "conv2d": "tritonprop.kernels.conv2d",
+    "cross_entropy": "tritonprop.kernels.cross_entropy",
     "dropout": "tritonprop.kernels.dropout",
     "gelu": "tritonprop.kernels.elementwise",
     "layer_norm": "tritonprop.kernels.layernorm",
