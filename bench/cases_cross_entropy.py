@@ -11,7 +11,7 @@ tiny stand-in keeps the dtype.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -68,22 +68,3 @@ def cross_entropy_cases(device: torch.device) -> list[Case]:
             target={"fwd+bwd": target},
         ))
     return cases
-
-
-def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> Optional[float]:
-    """Peak memory that one call of `fn` allocates beyond what was allocated before it, in MiB.
-
-    Build the case first: what is allocated then (the logits, the targets) is the baseline, so
-    the number is the memory the op needs beyond its inputs, including the returned gradient.
-    CUDA only; on the CPU there is no allocator to ask, and None is returned.
-    """
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    baseline = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    result = fn()
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    del result
-    return (peak - baseline) / 2**20

@@ -79,6 +79,7 @@ def measure_case(case: cases.Case, device: torch.device, quick: bool) -> list[di
                 print(f"{case.name} {mode} {impl}: {row['error']}", file=sys.stderr)
             else:
                 row[case.throughput_key] = case.throughput(mode, row["median_ms"])
+                row["peak_mb"] = timing.peak_memory_mb(callables[impl][mode], device)
                 print(f"{case.name} {mode} {impl}: {row['median_ms']:.4g} ms", file=sys.stderr)
         native = mode_rows["torch"]
         for row in mode_rows.values():
@@ -102,6 +103,11 @@ def _ratio(slower: dict, ours: dict) -> str:
     return f"{_median(slower) / _median(ours):.2f}×"
 
 
+def _peak(row: dict) -> str:
+    # Memory beyond the inputs, measured on CUDA only (timing.peak_memory_mb).
+    return "n/a" if row.get("peak_mb") is None else f"{row['peak_mb']:.0f}"
+
+
 def _target(case: cases.Case, mode: str, ours: dict, on_cuda: bool) -> str:
     if mode not in case.target:
         return ""
@@ -115,8 +121,8 @@ def _target(case: cases.Case, mode: str, ours: dict, on_cuda: bool) -> str:
 def markdown_table(results: list[tuple[cases.Case, list[dict]]], on_cuda: bool) -> str:
     lines = [
         "| op | case | dtype | layout | mode | tritonprop ms | naive ms | torch ms | ours throughput "
-        "| ours vs torch | ours vs naive | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ours vs torch | ours vs naive | peak MB ours / torch | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, rows in results:
         by_mode_impl = {(row["mode"], row["impl"]): row for row in rows}
@@ -126,7 +132,8 @@ def markdown_table(results: list[tuple[cases.Case, list[dict]]], on_cuda: bool) 
             lines.append(
                 f"| {case.op} | {case.label} | {ours['dtype']} | {case.layout} | {mode} "
                 f"| {_ms(ours)} | {_ms(naive)} | {_ms(native)} | {throughput} "
-                f"| {_ratio(native, ours)} | {_ratio(naive, ours)} | {_target(case, mode, ours, on_cuda)} |"
+                f"| {_ratio(native, ours)} | {_ratio(naive, ours)} | {_peak(ours)} / {_peak(native)} "
+                f"| {_target(case, mode, ours, on_cuda)} |"
             )
     return "\n".join(lines)
 

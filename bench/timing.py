@@ -55,3 +55,22 @@ def measure(fn: Callable[[], object], device: torch.device, *, quick: bool = Fal
         method = f"time.perf_counter, {len(times)} repeats ({CPU_NOTE})"
     return dict(median_ms=statistics.median(times), min_ms=min(times), max_ms=max(times), reps=len(times),
                 method=method)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory that one call of `fn` allocates beyond what was allocated before it, in MiB.
+
+    Build the case first: what is allocated then (the inputs) is the baseline, so the number is
+    the memory the op needs beyond its inputs, including what it returns (gradients in fwd+bwd).
+    CUDA only; on the CPU there is no allocator to ask, and None is returned.
+    """
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    baseline = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    del result
+    return (peak - baseline) / 2**20
