@@ -1,8 +1,4 @@
-"""Cross-entropy benchmark cases, and the peak-memory measurement that BENCHMARKS.md asks for.
-
-    for case in cross_entropy_cases(device):
-        fns = case.build(device)                       # {impl: {mode: zero-argument callable}}
-        peak_memory_mb(fns["tritonprop"]["fwd+bwd"], device)
+"""Cross-entropy benchmark cases (bench/report.py also records their peak memory on CUDA).
 
 On CUDA the shape is that of BENCHMARKS.md, 16384 tokens x 32000 classes in bf16, where the target
 is fwd+bwd >= 1.5x torch native with peak extra memory <= 0.5x native's; under the interpreter a
