@@ -25,6 +25,7 @@ from tritonprop import ops
 from tritonprop.bench.cases_cross_entropy import cross_entropy_cases
 from tritonprop.bench.cases_elementwise import elementwise_cases
 from tritonprop.bench.cases_layernorm import layer_norm_cases
+from tritonprop.bench.cases_linear import linear_cases
 from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case  # noqa: F401
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
 from tritonprop.ops.reference import conv2d as reference_conv2d
@@ -191,6 +192,7 @@ CASES: dict[str, Callable[[torch.device], list[Case]]] = {
     "elementwise": elementwise_cases,
     "layer_norm": layer_norm_cases,
     "cross_entropy": cross_entropy_cases,
+    "linear": linear_cases,
 }
 
 

@@ -10,11 +10,12 @@ from tritonprop.ops.conv import Conv2d, conv2d, fuse_conv_bn_eval
 from tritonprop.ops.cross_entropy import CrossEntropyLoss, LogSoftmax, NLLLoss, cross_entropy, log_softmax, nll_loss
 from tritonprop.ops.dropout import Dropout, dropout
 from tritonprop.ops.layernorm import LayerNorm, layer_norm
+from tritonprop.ops.linear import Linear, linear
 
 __all__ = [
     "batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "conv2d", "Conv2d", "fuse_conv_bn_eval",
     "dropout", "Dropout", "gelu", "GELU", "relu", "ReLU",
-    "layer_norm", "LayerNorm",
+    "layer_norm", "LayerNorm", "linear", "Linear",
     "cross_entropy", "CrossEntropyLoss", "log_softmax", "LogSoftmax", "nll_loss", "NLLLoss",
 ]

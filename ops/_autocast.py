@@ -10,7 +10,9 @@ def cast_to_lower_precision(device_type: str, tensors):
     if not torch.is_autocast_enabled(device_type):
         return tensors
     dtype = torch.get_autocast_dtype(device_type)
-    return [t.to(dtype) if t is not None and t.is_floating_point() else t for t in tensors]
+    # As torch: float64 tensors are not eligible for the cast and keep their dtype.
+    eligible = (torch.float32, torch.float16, torch.bfloat16)
+    return [t.to(dtype) if t is not None and t.dtype in eligible else t for t in tensors]
 
 
 def cast_to_float32(device_type: str, tensors):

@@ -190,7 +190,38 @@ def cross_entropy_kernels():
             yield K.loss_reduce_kernel, pointer, dict(MEAN=on, BLOCK_P=1024, ACC_DTYPE=acc)
 
 
+def linear_kernels():
+    from tritonprop.kernels import linear as K
+
+    for dtype, acc, precisions in (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+                                   ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])):
+        acc_name = "fp64" if acc == tl.float64 else "fp32"
+
+        def pointer(name):
+            return acc_name if name.startswith("part_") else dtype
+
+        def split_k_workspace(name):
+            # wgrad with several splits writes its partials (fp32, or fp64) through c_ptr and row_sums_ptr.
+            return acc_name if name in ("c_ptr", "row_sums_ptr") else dtype
+
+        for precision in precisions:
+            gemm = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, ACC_DTYPE=acc, INPUT_PRECISION=precision,
+                        UPCAST_OPERANDS=False)
+            for activation in (0, 1, 2, 3):
+                yield K.matmul_kernel, pointer, dict(gemm, HAS_BIAS=True, ACTIVATION=activation,
+                                                     STORE_PREACTIVATION=activation >= 2, ROW_SUMS=False)
+            no_epilogue = dict(gemm, HAS_BIAS=False, ACTIVATION=0, STORE_PREACTIVATION=False)
+            yield K.matmul_kernel, pointer, dict(no_epilogue, ROW_SUMS=False)
+            yield K.matmul_kernel, pointer, dict(no_epilogue, ROW_SUMS=True)
+            yield K.matmul_kernel, split_k_workspace, dict(no_epilogue, ROW_SUMS=True)
+        yield K.linear_reduce_splits_kernel, pointer, dict(BLOCK=1024, ACC_DTYPE=acc)
+        for activation in (1, 2, 3):
+            yield K.linear_activation_backward_kernel, pointer, dict(ACTIVATION=activation, BLOCK_M=32, BLOCK_N=128,
+                                                                     ACC_DTYPE=acc)
+
+
 KERNEL_SETS = {
+    "linear": linear_kernels,
     "cross_entropy": cross_entropy_kernels,
     "layer_norm": layer_norm_kernels,
     "batch_norm": batch_norm_kernels,

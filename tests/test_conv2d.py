@@ -399,3 +399,9 @@ def test_fused_relu_keeps_nan_like_torch(device):
     theirs = torch.relu(F.conv2d(x, w, b, padding=1))
     assert ours.isnan().sum() == theirs.isnan().sum() > 0
     assert_close(ours, theirs)
+
+
+def test_autocast_leaves_float64_alone_like_torch(device):
+    x, w, b = (t.detach().double() for t in CONFIGS[0].tensors(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        assert ops.conv2d(x, w, b, padding=1).dtype == F.conv2d(x, w, b, padding=1).dtype == torch.float64

@@ -22,6 +22,7 @@ KERNEL_MODULES = {
     "dropout": "tritonprop.kernels.dropout",
     "gelu": "tritonprop.kernels.elementwise",
     "layer_norm": "tritonprop.kernels.layernorm",
+    "linear": "tritonprop.kernels.linear",
     "relu": "tritonprop.kernels.elementwise",
 }
 
