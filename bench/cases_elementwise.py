@@ -45,6 +45,8 @@ IMPLS = {
 ELEMENTWISE_SHAPES = [
     ("gelu", (16384, 4096), (16, 37), torch.bfloat16, 5),
     ("dropout", (16384, 4096), (16, 37), torch.bfloat16, 4),
+    ("gelu", (16384, 4096), (16, 37), torch.float32, 5),
+    ("dropout", (16384, 4096), (16, 37), torch.float32, 4),
 ]
 
 

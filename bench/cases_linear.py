@@ -36,6 +36,9 @@ LINEAR_IMPLS = {"tritonprop": _tritonprop_linear, "naive": _naive_linear, "torch
 LINEAR_SHAPES = [
     ((4096, 4096, 4096), (7, 9, 13), torch.bfloat16, False, {"fwd": 0.9, "fwd+bwd": 0.9}),
     ((4096, 4096, 4096), (7, 9, 13), torch.bfloat16, True, {"fwd": 1.1, "fwd+bwd": 1.1}),
+    # fp32 follows torch.backends.cuda.matmul.allow_tf32 on both sides (off by default): no target.
+    ((4096, 4096, 4096), (7, 9, 13), torch.float32, False, {}),
+    ((4096, 4096, 4096), (7, 9, 13), torch.float32, True, {}),
 ]
 
 
