@@ -101,9 +101,11 @@ def test_cli_info_reports_versions_and_op_modes():
 def test_cli_selfcheck_passes():
     result = _cli("selfcheck")
     assert result.returncode == 0, result.stdout + result.stderr
-    for op in ("batch_norm", "conv2d"):
-        assert f"{op:<12} forward+backward vs torch" in result.stdout
-    assert "FAILED" not in result.stdout
+    from tritonprop import selfcheck
+
+    for op in selfcheck.CASES:
+        assert f"{op:<14} forward+backward vs torch" in result.stdout
+    assert result.stdout.count(": ok (") == len(selfcheck.CASES)
 
 
 def test_cli_bench_passes_its_options_to_the_report():

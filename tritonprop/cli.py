@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(run=_info)
 
-    check = sub.add_parser("selfcheck", help="run every op forward and backward against torch on small inputs")
+    check = sub.add_parser("selfcheck", help="run each op forward and backward against torch on small inputs")
     check.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     check.set_defaults(run=_selfcheck)
 

@@ -1,6 +1,7 @@
-"""A quick kernel self-check: every op, forward and backward, against torch's own op on small inputs.
+"""A quick kernel self-check: each op, forward and backward, against torch's own op on small inputs.
 
-It is what `tritonprop selfcheck` runs; the test suite (tests/) is the real proof.
+It is what `tritonprop selfcheck` runs; the test suite (tests/) is the real proof. Dropout is
+random, so it is left to the tests (reproducibility, mask statistics, backward mask).
 """
 from __future__ import annotations
 
@@ -10,37 +11,68 @@ import torch.nn.functional as F
 from tritonprop import ops
 
 
-def _batch_norm_case(device):
+def _compare(device, ours, theirs, tensors, grad_of):
+    """Run both on fresh leaf copies; returns (name, ours, theirs) for the output and each gradient."""
+    results = []
+    for fn in (ours, theirs):
+        leaves = [t.detach().clone().requires_grad_(k in grad_of) for k, t in enumerate(tensors)]
+        y = fn(*leaves)
+        upstream = torch.ones_like(y) if y.dim() == 0 else torch.randn(y.shape, device=device,
+                                                                          generator=torch.Generator(device).manual_seed(1))
+        results.append([y, *torch.autograd.grad(y, [leaves[k] for k in grad_of], upstream)])
+    names = ["output"] + [f"grad of input {k}" for k in grad_of]
+    return [(name, a, b) for name, a, b in zip(names, *results)]
+
+
+def _batch_norm(device):
     x = torch.randn(4, 3, 6, 5, device=device).to(memory_format=torch.channels_last) * 2 + 1
-    weight = torch.rand(3, device=device) + 0.5
-    bias = torch.randn(3, device=device)
-    upstream = torch.randn(x.shape, device=device)
-    results = []
-    for fn in (ops.batch_norm, F.batch_norm):
-        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
-        running = [torch.zeros(3, device=device), torch.ones(3, device=device)]
-        y = fn(leaves[0], *running, leaves[1], leaves[2], training=True)
-        grads = torch.autograd.grad(y, leaves, upstream)
-        results.append([y, *grads, *running])
-    names = ["output", "dx", "dweight", "dbias", "running_mean", "running_var"]
-    return [(name, ours, theirs) for name, ours, theirs in zip(names, *results)]
+    weight, bias = torch.rand(3, device=device) + 0.5, torch.randn(3, device=device)
+    return _compare(device, lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True),
+                    lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [x, weight, bias], [0, 1, 2])
 
 
-def _conv2d_case(device):
+def _conv2d(device):
     x = torch.randn(2, 3, 9, 8, device=device).to(memory_format=torch.channels_last)
-    weight = torch.randn(4, 3, 3, 3, device=device) * 0.3
-    bias = torch.randn(4, device=device)
-    upstream = torch.randn(2, 4, 5, 4, device=device)
-    results = []
-    for fn in (ops.conv2d, F.conv2d):
-        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
-        y = fn(leaves[0], leaves[1], leaves[2], stride=2, padding=1)
-        results.append([y, *torch.autograd.grad(y, leaves, upstream)])
-    names = ["output", "dx", "dweight", "dbias"]
-    return [(name, ours, theirs) for name, ours, theirs in zip(names, *results)]
+    weight, bias = torch.randn(4, 3, 3, 3, device=device) * 0.3, torch.randn(4, device=device)
+    return _compare(device, lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1),
+                    lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [x, weight, bias], [0, 1, 2])
 
 
-CASES = {"batch_norm": _batch_norm_case, "conv2d": _conv2d_case}
+def _layer_norm(device):
+    x = torch.randn(3, 5, 40, device=device)
+    weight, bias = torch.rand(40, device=device) + 0.5, torch.randn(40, device=device)
+    return _compare(device, lambda x, w, b: ops.layer_norm(x, (40,), w, b),
+                    lambda x, w, b: F.layer_norm(x, (40,), w, b), [x, weight, bias], [0, 1, 2])
+
+
+def _linear(device):
+    x = torch.randn(3, 7, 20, device=device)
+    weight, bias = torch.randn(18, 20, device=device) * 0.2, torch.randn(18, device=device)
+    return _compare(device, lambda x, w, b: ops.linear(x, w, b, activation="gelu"),
+                    lambda x, w, b: F.gelu(F.linear(x, w, b)), [x, weight, bias], [0, 1, 2])
+
+
+def _cross_entropy(device):
+    logits = torch.randn(6, 11, device=device) * 3
+    target = torch.tensor([0, 3, 10, -100, 5, 3], device=device)
+    return _compare(device, lambda x, t: ops.cross_entropy(x, t, label_smoothing=0.1),
+                    lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1), [logits, target], [0])
+
+
+def _gelu_relu(device):
+    x = torch.randn(4, 33, device=device) * 3
+    return _compare(device, lambda x: ops.gelu(x, approximate="tanh") + ops.relu(x),
+                    lambda x: F.gelu(x, approximate="tanh") + F.relu(x), [x], [0])
+
+
+CASES = {
+    "batch_norm": _batch_norm,
+    "conv2d": _conv2d,
+    "layer_norm": _layer_norm,
+    "linear": _linear,
+    "cross_entropy": _cross_entropy,
+    "gelu, relu": _gelu_relu,
+}
 
 
 def run(device=None, atol=1e-4, rtol=1e-4) -> bool:
@@ -48,6 +80,7 @@ def run(device=None, atol=1e-4, rtol=1e-4) -> bool:
     torch.manual_seed(0)
     # Full-precision fp32 on both sides: TF32 would need a looser bound than this check uses.
     torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     all_ok = True
     for op, case in CASES.items():
         worst = 0.0
@@ -58,6 +91,6 @@ def run(device=None, atol=1e-4, rtol=1e-4) -> bool:
             if not torch.allclose(ours, theirs, atol=atol, rtol=rtol):
                 ok = False
                 print(f"  {op}: {name} differs from torch by up to {err:.3e}")
-        print(f"{op:<12} forward+backward vs torch on {device}: {'ok' if ok else 'FAILED'} (max abs diff {worst:.2e})")
+        print(f"{op:<14} forward+backward vs torch on {device}: {'ok' if ok else 'FAILED'} (max abs diff {worst:.2e})")
         all_ok &= ok
     return all_ok
