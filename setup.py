@@ -26,7 +26,8 @@ setup(
     },
     package_data={"tritonprop.bench": ["device_check.sh"]},
     install_requires=["torch>=2.5", "triton>=3.3", "numpy"],
-    # The demos' data: scikit-learn ships the 8x8 digits of `tritonprop train mlp-numpy`.
-    extras_require={"demo": ["scikit-learn>=1.0"]},
+    # The demo models' data (8x8 digits, 5,000 MNIST digits, surnames) and tools (progress bar,
+    # pictures); `tritonprop train` names the missing package when one is absent.
+    extras_require={"demo": ["scikit-learn>=1.0", "mlxtend", "faker", "tqdm", "matplotlib"]},
     entry_points={"console_scripts": ["tritonprop = tritonprop.cli:main"]},
 )
