@@ -26,6 +26,7 @@ from tritonprop.bench.cases_cross_entropy import cross_entropy_cases
 from tritonprop.bench.cases_elementwise import elementwise_cases
 from tritonprop.bench.cases_layernorm import layer_norm_cases
 from tritonprop.bench.cases_linear import linear_cases
+from tritonprop.bench.cases_rnn import rnn_cases
 from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case  # noqa: F401
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
 from tritonprop.ops.reference import conv2d as reference_conv2d
@@ -193,6 +194,7 @@ CASES: dict[str, Callable[[torch.device], list[Case]]] = {
     "layer_norm": layer_norm_cases,
     "cross_entropy": cross_entropy_cases,
     "linear": linear_cases,
+    "rnn": rnn_cases,
 }
 
 

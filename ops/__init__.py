@@ -11,11 +11,13 @@ from tritonprop.ops.cross_entropy import CrossEntropyLoss, LogSoftmax, NLLLoss, 
 from tritonprop.ops.dropout import Dropout, dropout
 from tritonprop.ops.layernorm import LayerNorm, layer_norm
 from tritonprop.ops.linear import Linear, linear
+from tritonprop.ops.rnn import RNN, RNNCell, rnn, rnn_cell
 
 __all__ = [
     "batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "conv2d", "Conv2d", "fuse_conv_bn_eval",
     "dropout", "Dropout", "gelu", "GELU", "relu", "ReLU",
     "layer_norm", "LayerNorm", "linear", "Linear",
+    "rnn", "RNN", "rnn_cell", "RNNCell",
     "cross_entropy", "CrossEntropyLoss", "log_softmax", "LogSoftmax", "nll_loss", "NLLLoss",
 ]

@@ -15,6 +15,7 @@ import sys
 
 os.environ["TRITON_INTERPRET"] = "0"
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -220,6 +221,41 @@ def linear_kernels():
                                                                      ACC_DTYPE=acc)
 
 
+def rnn_kernels():
+    from tritonprop.kernels import rnn as K
+
+    workspaces = {"state_ptr", "grad_ptr"}
+    for dtype, acc, precisions in (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+                                   ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])):
+        acc_name = "fp64" if acc == tl.float64 else "fp32"
+
+        def pointer(name):
+            if name == "lengths_ptr":
+                return "i32"
+            return acc_name if name in workspaces else dtype
+
+        for precision in precisions:
+            dot = dict(ACC_DTYPE=acc, INPUT_PRECISION=precision, UPCAST_OPERANDS=False)
+            for relu in (False, True):
+                yield K.rnn_cell_forward_kernel, pointer, dict(dot, HAS_BIAS=True, RELU=relu, BLOCK_B=32,
+                                                               BLOCK_N=64, BLOCK_K=32)
+            # The resident variant at its largest tile and the streamed one, each as the launch plans
+            # it (num_warps included), in both directions and with and without lengths.
+            torch_dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
+                                          "fp64": "float64"}[dtype])
+            largest_resident = K.RESIDENT_MAX_H[torch_dtype]
+            for hidden in (largest_resident, 2 * largest_resident):
+                plan = K.plan_recurrence(torch_dtype, hidden)
+                num_warps = plan.pop("num_warps")
+                for reverse in (False, True):
+                    for has_lengths in (False, True):
+                        options = dict(dot, **plan, REVERSE=reverse, RELU=reverse, HAS_LENGTHS=has_lengths)
+                        yield K.rnn_forward_recurrence_kernel, pointer, options, num_warps
+                        yield K.rnn_backward_recurrence_kernel, pointer, options, num_warps
+        for relu in (False, True):
+            yield K.rnn_cell_grad_kernel, pointer, dict(RELU=relu, BLOCK_B=32, BLOCK_N=64, ACC_DTYPE=acc)
+
+
 KERNEL_SETS = {
     "linear": linear_kernels,
     "cross_entropy": cross_entropy_kernels,
@@ -228,14 +264,16 @@ KERNEL_SETS = {
     "conv2d": conv2d_kernels,
     "elementwise": elementwise_kernels,
     "dropout": dropout_kernels,
+    "rnn": rnn_kernels,
 }
 
 
 def main(names):
     for name in names:
         count = 0
-        for kernel, pointer, constexprs in KERNEL_SETS[name]():
-            compile_kernel(kernel, pointer, constexprs)
+        # A variant may name its num_warps as a fourth item, where the launch uses more than 4.
+        for kernel, pointer, constexprs, *num_warps in KERNEL_SETS[name]():
+            compile_kernel(kernel, pointer, constexprs, *num_warps)
             count += 1
         print(f"{name}: {count} kernel variants compiled for sm_90")
     return 0

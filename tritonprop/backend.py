@@ -24,6 +24,8 @@ KERNEL_MODULES = {
     "layer_norm": "tritonprop.kernels.layernorm",
     "linear": "tritonprop.kernels.linear",
     "relu": "tritonprop.kernels.elementwise",
+    "rnn": "tritonprop.kernels.rnn",
+    "rnn_cell": "tritonprop.kernels.rnn",
 }
 
 

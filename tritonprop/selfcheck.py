@@ -65,6 +65,14 @@ def _gelu_relu(device):
                     lambda x: F.gelu(x, approximate="tanh") + F.relu(x), [x], [0])
 
 
+def _rnn(device):
+    x, h0 = torch.randn(6, 3, 5, device=device), torch.randn(4, 3, 7, device=device)
+    theirs = torch.nn.RNN(5, 7, num_layers=2, bidirectional=True).to(device)
+    ours = ops.RNN(5, 7, num_layers=2, bidirectional=True).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    return _compare(device, lambda x, h0: ours(x, h0)[0], lambda x, h0: theirs(x, h0)[0], [x, h0], [0, 1])
+
+
 CASES = {
     "batch_norm": _batch_norm,
     "conv2d": _conv2d,
@@ -72,6 +80,7 @@ CASES = {
     "linear": _linear,
     "cross_entropy": _cross_entropy,
     "gelu, relu": _gelu_relu,
+    "rnn": _rnn,
 }
 
 

@@ -1,0 +1,322 @@
+"""Elman RNN: autograd.Functions, the `rnn_cell` and `rnn` functionals, and the `RNNCell` and `RNN` modules.
+
+    rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh")
+        torch.rnn_tanh_cell / torch.rnn_relu_cell, one step: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh).
+    rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, batch_first=False,
+        dropout=0.0, training=True, bidirectional=False)
+        torch._VF.rnn_tanh / rnn_relu, the whole sequence: the arguments of torch.nn.RNN's
+        constructor as keywords, and `weights` in torch's `_flat_weights` order (per layer, per
+        direction: w_ih, w_hh, then b_ih, b_hh when bias=True). `input` is (T, B, I), (B, T, I)
+        with batch_first, (T, I) unbatched, or a PackedSequence; `hx` (num_layers * D, B, H) or
+        None for zeros. Returns ``(output, h_n)`` exactly as torch.nn.RNN does.
+
+Each layer is one `RNNLayerFn` (both directions; kernels/rnn.py); layers, dropout between them
+(tritonprop's dropout kernel) and packing are composed here, with autograd joining them.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from tritonprop import backend
+from tritonprop.kernels import rnn as K
+from tritonprop.ops import _checks
+from tritonprop.ops._autocast import cast_to_lower_precision
+from tritonprop.ops.dropout import dropout as dropout_fn
+from tritonprop.ops.reference import rnn as reference
+
+OP = "rnn"
+OP_CELL = "rnn_cell"
+NONLINEARITIES = ("tanh", "relu")
+
+
+class RNNCellFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+        y = K.cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+        ctx.save_for_backward(x, h, w_ih, w_hh, y)
+        ctx.nonlinearity = nonlinearity
+        ctx.has_bias = b_ih is not None
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, h, w_ih, w_hh, y = ctx.saved_tensors
+        need_x, need_h, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad[:6]
+        need_bias = ctx.has_bias and (need_b_ih or need_b_hh)
+        dx, dh, dw_ih, dw_hh, db = K.cell_backward(dy, x, h, w_ih, w_hh, y, ctx.nonlinearity, need_x=need_x,
+                                                   need_h=need_h, need_w_ih=need_w_ih, need_w_hh=need_w_hh,
+                                                   need_bias=need_bias)
+        # b_ih and b_hh enter z as one sum, so they share one gradient; each gets its own tensor.
+        db_hh = db.clone() if need_bias and need_b_ih and need_b_hh else db
+        return dx, dh, dw_ih, dw_hh, db if need_b_ih else None, db_hh if need_b_hh else None, None
+
+
+class RNNLayerFn(torch.autograd.Function):
+    """One layer, both directions: x (T, B, I) time-major, h0 (D, B, H) -> (output (T, B, D*H), h_n (D, B, H))."""
+
+    @staticmethod
+    def forward(ctx, x, h0, lengths, nonlinearity, num_directions, *weights):
+        grouped = _group_by_direction(weights, num_directions)
+        output, h_n, hidden = K.forward(x, h0, grouped, nonlinearity, lengths)
+        ctx.save_for_backward(x, hidden, lengths, *weights)
+        ctx.nonlinearity = nonlinearity
+        ctx.num_directions = num_directions
+        return output, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_output, dh_n):
+        x, hidden, lengths, *weights = ctx.saved_tensors
+        grouped = _group_by_direction(weights, ctx.num_directions)
+        need_x, need_h0 = ctx.needs_input_grad[:2]
+        need_weights = any(ctx.needs_input_grad[5:])
+        dx, dh0, grads = K.backward(d_output, dh_n, x, hidden, grouped, ctx.nonlinearity, lengths,
+                                    need_x=need_x, need_h0=need_h0, need_weights=need_weights)
+        weight_grads = [None] * len(weights)
+        if need_weights:
+            weight_grads = [g for direction in grads for g in direction if g is not None]
+        return (dx, dh0, None, None, None, *weight_grads)
+
+
+def _group_by_direction(weights, num_directions):
+    """(w_ih, w_hh, b_ih, b_hh) per direction from a flat list; biases None when absent."""
+    per = len(weights) // num_directions
+    groups = [tuple(weights[d * per:(d + 1) * per]) for d in range(num_directions)]
+    return [g if per == 4 else (*g, None, None) for g in groups]
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_nonlinearity(op, nonlinearity):
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(f"{op}: Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+
+
+def _check_dtypes(op, input, named):
+    """Every tensor shares input's dtype (torch's RNNs require it), unless autocast will cast them all."""
+    if torch.is_autocast_enabled(input.device.type):
+        return
+    for name, t in named:
+        if t is not None and t.dtype != input.dtype:
+            raise ValueError(f"{op}: input dtype ({input.dtype}) does not match {name} dtype ({t.dtype}). "
+                             f"Convert input: input.to({t.dtype}), or convert the {name}: .to({input.dtype})")
+
+
+def _validate_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
+    _check_nonlinearity(OP_CELL, nonlinearity)
+    for name, t in (("input", input), ("w_ih", w_ih), ("w_hh", w_hh)):
+        _checks.check_tensor(OP_CELL, name, t)
+        _checks.check_floating(OP_CELL, name, t)
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{OP_CELL}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if w_ih.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[1] != w_hh.shape[0] or w_ih.shape[0] != w_hh.shape[0]:
+        raise RuntimeError(f"{OP_CELL}: expected w_ih (hidden_size, input_size) and w_hh (hidden_size, hidden_size), "
+                           f"got w_ih of size {list(w_ih.shape)} and w_hh of size {list(w_hh.shape)}")
+    hidden_size, input_size = w_ih.shape
+    if input.shape[-1] != input_size:
+        raise RuntimeError(f"{OP_CELL}: input has inconsistent input_size: got {input.shape[-1]} expected {input_size}")
+    if (b_ih is None) != (b_hh is None):
+        raise ValueError(f"{OP_CELL}: b_ih and b_hh must both be given or both be None")
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _checks.check_tensor(OP_CELL, name, b)
+            if b.shape != (hidden_size,):
+                raise RuntimeError(f"{OP_CELL}: expected {name} of size [{hidden_size}] (hidden_size), "
+                                   f"got {list(b.shape)}")
+    if hx is not None:
+        _checks.check_tensor(OP_CELL, "hx", hx)
+        if hx.dim() != input.dim():
+            raise RuntimeError(f"{OP_CELL}: hx must have as many dims as input ({input.dim()}), got hx of size "
+                               f"{list(hx.shape)}")
+        if hx.shape[-1] != hidden_size:
+            raise RuntimeError(f"{OP_CELL}: hx (hidden0) has inconsistent hidden_size: got {hx.shape[-1]}, "
+                               f"expected {hidden_size}")
+        if input.dim() == 2 and hx.shape[0] != input.shape[0]:
+            raise RuntimeError(f"{OP_CELL}: Input batch size {input.shape[0]} doesn't match hx (hidden0) batch size "
+                               f"{hx.shape[0]}")
+    _check_dtypes(OP_CELL, input, (("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)))
+
+
+def _validate_sequence(data, packed, hx, weights, nonlinearity, num_layers, bias, dropout, bidirectional):
+    _check_nonlinearity(OP, nonlinearity)
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 1:
+        raise ValueError(f"{OP}: num_layers must be a positive int, got {num_layers!r}")
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout <= 1:
+        raise ValueError(f"{OP}: dropout should be a number in range [0, 1] representing the probability of an "
+                         f"element being zeroed, got {dropout!r}")
+    _checks.check_tensor(OP, "input", data)
+    _checks.check_floating(OP, "input", data)
+    if packed and data.dim() != 2:
+        raise RuntimeError(f"{OP}: a packed input's data must have 2 dimensions, got {data.dim()}")
+    if not packed and data.dim() not in (2, 3):
+        raise ValueError(f"{OP}: Expected input to be 2D or 3D, got {data.dim()}D tensor instead")
+    D = 2 if bidirectional else 1
+    per = 4 if bias else 2
+    expected = num_layers * D * per
+    if not isinstance(weights, (list, tuple)) or len(weights) != expected:
+        count = len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__
+        raise ValueError(f"{OP}: weights must be a list of {expected} tensors (num_layers={num_layers}, "
+                         f"{'bidirectional' if bidirectional else 'one direction'}, bias={bias}) in torch's "
+                         f"_flat_weights order, got {count}")
+    for k, w in enumerate(weights):
+        _checks.check_tensor(OP, f"weights[{k}]", w)
+    hidden_size = weights[1].shape[0]
+    for layer in range(num_layers):
+        in_size = data.shape[-1] if layer == 0 else D * hidden_size
+        for d in range(D):
+            first = (layer * D + d) * per
+            shapes = [(hidden_size, in_size), (hidden_size, hidden_size)] + [(hidden_size,)] * (per - 2)
+            for k, shape in enumerate(shapes):
+                w = weights[first + k]
+                if w.shape != shape:
+                    if layer == 0 and k == 0 and w.dim() == 2 and w.shape[0] == hidden_size:
+                        raise RuntimeError(f"{OP}: input.size(-1) must be equal to input_size. Expected "
+                                           f"{w.shape[1]}, got {data.shape[-1]}")
+                    raise RuntimeError(f"{OP}: weights[{first + k}] (layer {layer}, direction {d}) should have size "
+                                       f"{list(shape)}, got {list(w.shape)}")
+    if hx is not None:
+        _checks.check_tensor(OP, "hx", hx)
+    _check_dtypes(OP, data, [("hx", hx)] + [(f"weights[{k}]", w) for k, w in enumerate(weights)])
+
+
+def _check_hx(hx, expected, unbatched):
+    if hx is None:
+        return
+    wanted_dim = 2 if unbatched else 3
+    if hx.dim() != wanted_dim:
+        kind = "unbatched 2-D" if unbatched else "batched 3-D"
+        raise RuntimeError(f"{OP}: For {kind} input, hx should also be {wanted_dim}-D but got {hx.dim()}-D tensor")
+    shape = tuple(hx.shape) if not unbatched else (hx.shape[0], 1, hx.shape[1])
+    if shape != expected:
+        shown = expected if not unbatched else (expected[0], expected[2])
+        raise RuntimeError(f"{OP}: Expected hx (hidden) size {shown}, got {list(hx.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Functionals
+# ----------------------------------------------------------------------------------------------
+
+
+def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """One RNN step, as torch.rnn_tanh_cell / torch.rnn_relu_cell (and torch.nn.RNNCell's forward).
+
+    input (B, I) or unbatched (I,); hx (B, H), (H,), or None for zeros. Returns h' of hx's shape.
+    """
+    _validate_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    if backend.use_reference():
+        return reference.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    backend.check_devices(OP_CELL, input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    input, hx, w_ih, w_hh, b_ih, b_hh = cast_to_lower_precision(input.device.type, [input, hx, w_ih, w_hh, b_ih, b_hh])
+    unbatched = input.dim() == 1
+    x = input.unsqueeze(0) if unbatched else input
+    if hx is None:
+        h = torch.zeros((x.shape[0], w_hh.shape[0]), device=x.device, dtype=x.dtype)
+    else:
+        h = hx.unsqueeze(0) if unbatched else hx
+    with torch.autocast(input.device.type, enabled=False):
+        y = RNNCellFn.apply(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    return y.squeeze(0) if unbatched else y
+
+
+def _time_major(x):
+    # The kernels flatten (T, B) into the rows of one matmul: a time-major view does so in place;
+    # a batch-first input, seen through a transpose, is copied once here.
+    try:
+        x.view(-1, x.shape[-1])
+        return x
+    except RuntimeError:
+        return x.contiguous()
+
+
+def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        training=True, bidirectional=False):
+    """The whole RNN, as torch.nn.RNN's forward (torch._VF.rnn_tanh / rnn_relu); see the module docstring."""
+    packed = isinstance(input, PackedSequence)
+    data = input.data if packed else input
+    _validate_sequence(data, packed, hx, weights, nonlinearity, num_layers, bias, dropout, bidirectional)
+    if backend.use_reference():
+        return reference.rnn(input, hx, weights, nonlinearity=nonlinearity, num_layers=num_layers, bias=bias,
+                             batch_first=batch_first, dropout=dropout, training=training, bidirectional=bidirectional)
+    backend.check_devices(OP, input=data, hx=hx, **{f"weights[{k}]": w for k, w in enumerate(weights)})
+    device_type = data.device.type
+    weights = list(weights)
+    cast = cast_to_lower_precision(device_type, [data, hx, *weights])
+    data, hx, weights = cast[0], cast[1], cast[2:]
+    D = 2 if bidirectional else 1
+    H = weights[1].shape[0]
+
+    lengths = None
+    unbatched = False
+    if packed:
+        # Time-major and in the packed (descending-length) order; hx follows that order as in torch.
+        x, lengths = pad_packed_sequence(PackedSequence(data, input.batch_sizes))
+        if hx is not None and input.sorted_indices is not None:
+            hx = hx.index_select(1, input.sorted_indices)
+        batch = x.shape[1]
+    else:
+        unbatched = data.dim() == 2
+        x = data.unsqueeze(1) if unbatched else (data.transpose(0, 1) if batch_first else data)
+        batch = x.shape[1]
+    _check_hx(hx, (num_layers * D, batch, H), unbatched)
+    if x.shape[0] == 0:
+        raise RuntimeError(f"{OP}: Expected sequence length to be larger than 0 in RNN (input of size "
+                           f"{list(data.shape)})")
+    if hx is None:
+        hx = torch.zeros((num_layers * D, batch, H), device=x.device, dtype=x.dtype)
+    elif unbatched:
+        hx = hx.unsqueeze(1)
+    device_lengths = None if lengths is None else lengths.to(device=x.device, dtype=torch.int32)
+
+    x = _time_major(x)
+    per_layer = len(weights) // num_layers
+    h_n = []
+    with torch.autocast(device_type, enabled=False):
+        for layer in range(num_layers):
+            if layer > 0 and dropout > 0:
+                x = dropout_fn(x, dropout, training)
+            layer_weights = weights[layer * per_layer:(layer + 1) * per_layer]
+            x, h_layer = RNNLayerFn.apply(x, hx[layer * D:(layer + 1) * D], device_lengths, nonlinearity, D,
+                                          *layer_weights)
+            h_n.append(h_layer)
+    h_n = h_n[0] if num_layers == 1 else torch.cat(h_n)
+
+    if packed:
+        out = pack_padded_sequence(x, lengths).data
+        if input.unsorted_indices is not None:
+            h_n = h_n.index_select(1, input.unsorted_indices)
+        return PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h_n
+    if unbatched:
+        return x.squeeze(1), h_n.squeeze(1)
+    return (x.transpose(0, 1) if batch_first else x), h_n
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------
+
+
+class RNNCell(torch.nn.RNNCell):
+    """Drop-in `torch.nn.RNNCell`. A wrong ``nonlinearity`` is refused at construction (torch waits for forward)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        _check_nonlinearity("RNNCell", self.nonlinearity)
+
+    def forward(self, input, hx=None):
+        return rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)
+
+
+class RNN(torch.nn.RNN):
+    """Drop-in `torch.nn.RNN`: every constructor option, PackedSequence input, torch's state_dict."""
+
+    def forward(self, input, hx=None):
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        return rnn(input, hx, weights, nonlinearity=self.nonlinearity, num_layers=self.num_layers, bias=self.bias,
+                   batch_first=self.batch_first, dropout=float(self.dropout), training=self.training,
+                   bidirectional=self.bidirectional)
