@@ -30,6 +30,9 @@ class Case:
     work: dict[str, int]  # mode -> bytes moved (unit "bytes") or FLOPs done (unit "flops")
     unit: str = "bytes"
     target: dict[str, float] = field(default_factory=dict)  # mode -> minimum t_torch / t_ours
+    # Targets against further baselines a case measures beside "torch": impl -> {mode -> minimum
+    # t_impl / t_ours} (attention is held to SDPA's FlashAttention-2 backend too).
+    other_targets: dict[str, dict[str, float]] = field(default_factory=dict)
     extra: tuple = ()  # op-specific parameters the builder needs (kernel size, stride, ...)
 
     @property

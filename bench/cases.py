@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonprop import ops
+from tritonprop.bench.cases_attention import attention_cases
 from tritonprop.bench.cases_cross_entropy import cross_entropy_cases
 from tritonprop.bench.cases_elementwise import elementwise_cases
 from tritonprop.bench.cases_layernorm import layer_norm_cases
@@ -195,6 +196,7 @@ CASES: dict[str, Callable[[torch.device], list[Case]]] = {
     "cross_entropy": cross_entropy_cases,
     "linear": linear_cases,
     "rnn": rnn_cases,
+    "attention": attention_cases,
 }
 
 

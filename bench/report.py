@@ -68,9 +68,11 @@ def header(device: torch.device, quick: bool) -> dict:
 def measure_case(case: cases.Case, device: torch.device, quick: bool) -> list[dict]:
     """One row per mode and implementation; a failing implementation gives a row with its error."""
     callables = case.build(device)
+    # The three every case has, then any further baselines the case measures (SDPA's backends).
+    impls = [*cases.IMPLS, *(impl for impl in callables if impl not in cases.IMPLS)]
     rows = []
     for mode in cases.MODES:
-        mode_rows = {impl: {**case.describe(), "mode": mode, "impl": impl} for impl in cases.IMPLS}
+        mode_rows = {impl: {**case.describe(), "mode": mode, "impl": impl} for impl in impls}
         for impl, row in mode_rows.items():
             try:
                 row.update(timing.measure(callables[impl][mode], device, quick=quick))
@@ -108,32 +110,46 @@ def _peak(row: dict) -> str:
     return "n/a" if row.get("peak_mb") is None else f"{row['peak_mb']:.0f}"
 
 
-def _target(case: cases.Case, mode: str, ours: dict, on_cuda: bool) -> str:
-    if mode not in case.target:
+def _target(case: cases.Case, mode: str, by_impl: dict, on_cuda: bool) -> str:
+    goals = [("torch", case.target[mode])] if mode in case.target else []
+    goals += [(impl, targets[mode]) for impl, targets in case.other_targets.items() if mode in targets]
+    if not goals:
         return ""
     if not on_cuda:
         return "n/a (CPU)"
-    goal = case.target[mode]
-    met = ours.get("speedup_vs_torch", 0.0) >= goal
-    return f"≥ {goal:g}×: {'met' if met else 'not met'}"
+    verdicts = []
+    for impl, goal in goals:
+        baseline = by_impl.get(impl, {})
+        reached = None if _median(baseline) is None or _median(by_impl["tritonprop"]) is None else (
+            _median(baseline) / _median(by_impl["tritonprop"]))
+        verdict = "not measured" if reached is None else ("met" if reached >= goal else "not met")
+        verdicts.append(f"≥ {goal:g}× {impl}: {verdict}")
+    return "; ".join(verdicts)
+
+
+def _others(by_impl: dict) -> str:
+    """Further baselines beside torch: their time and ours against them."""
+    ours = by_impl["tritonprop"]
+    return "; ".join(f"{impl} {_ms(row)} ms ({_ratio(row, ours)})"
+                     for impl, row in by_impl.items() if impl not in cases.IMPLS)
 
 
 def markdown_table(results: list[tuple[cases.Case, list[dict]]], on_cuda: bool) -> str:
     lines = [
         "| op | case | dtype | layout | mode | tritonprop ms | naive ms | torch ms | ours throughput "
-        "| ours vs torch | ours vs naive | peak MB ours / torch | target |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ours vs torch | ours vs naive | peak MB ours / torch | other baselines (ours vs them) | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, rows in results:
-        by_mode_impl = {(row["mode"], row["impl"]): row for row in rows}
         for mode in cases.MODES:
-            ours, naive, native = (by_mode_impl[mode, impl] for impl in ("tritonprop", "naive", "torch"))
+            by_impl = {row["impl"]: row for row in rows if row["mode"] == mode}
+            ours, naive, native = (by_impl[impl] for impl in ("tritonprop", "naive", "torch"))
             throughput = "—" if _median(ours) is None else f"{ours[case.throughput_key]:.4g} {case.throughput_unit}"
             lines.append(
                 f"| {case.op} | {case.label} | {ours['dtype']} | {case.layout} | {mode} "
                 f"| {_ms(ours)} | {_ms(naive)} | {_ms(native)} | {throughput} "
                 f"| {_ratio(native, ours)} | {_ratio(naive, ours)} | {_peak(ours)} / {_peak(native)} "
-                f"| {_target(case, mode, ours, on_cuda)} |"
+                f"| {_others(by_impl)} | {_target(case, mode, by_impl, on_cuda)} |"
             )
     return "\n".join(lines)
 

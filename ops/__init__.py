@@ -6,6 +6,7 @@
 """
 from tritonprop.ops.batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, batch_norm
 from tritonprop.ops.activations import GELU, ReLU, gelu, relu
+from tritonprop.ops.attention import MultiheadAttention, scaled_dot_product_attention
 from tritonprop.ops.conv import Conv2d, conv2d, fuse_conv_bn_eval
 from tritonprop.ops.cross_entropy import CrossEntropyLoss, LogSoftmax, NLLLoss, cross_entropy, log_softmax, nll_loss
 from tritonprop.ops.dropout import Dropout, dropout
@@ -19,5 +20,6 @@ __all__ = [
     "dropout", "Dropout", "gelu", "GELU", "relu", "ReLU",
     "layer_norm", "LayerNorm", "linear", "Linear",
     "rnn", "RNN", "rnn_cell", "RNNCell",
+    "scaled_dot_product_attention", "MultiheadAttention",
     "cross_entropy", "CrossEntropyLoss", "log_softmax", "LogSoftmax", "nll_loss", "NLLLoss",
 ]

@@ -22,7 +22,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 HOPPER = GPUTarget("cuda", 90, 32)
-FLOAT_SCALARS = {"eps", "momentum", "inv_count", "p", "scale", "label_smoothing"}
+FLOAT_SCALARS = {"eps", "momentum", "inv_count", "p", "scale", "label_smoothing", "dropout_p"}
 
 
 def _jit_function(kernel):
@@ -256,6 +256,56 @@ def rnn_kernels():
             yield K.rnn_cell_grad_kernel, pointer, dict(RELU=relu, BLOCK_B=32, BLOCK_N=64, ACC_DTYPE=acc)
 
 
+def attention_kernels(full=True):
+    """Every attention variant (full=True, about 80: minutes on a cold cache), or the quick subset
+    the default test run compiles: bf16 at head dims 64 and 256 with every feature on, and fp64."""
+    from tritonprop.kernels import attention as K
+
+    statistics = {"lse_ptr", "delta_ptr", "ds_ptr", "scales_ptr"}
+    dtypes = (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+              ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"]))
+    if not full:
+        dtypes = (dtypes[0], dtypes[3])
+    for dtype, acc, precisions in dtypes:
+        acc_name = "fp64" if acc == tl.float64 else "fp32"
+        size = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}[dtype]
+
+        def pointer(name, mask="i1"):
+            if name == "seed_ptr":
+                return "i64"
+            if name == "mask_ptr":
+                return mask
+            return acc_name if name in statistics else dtype
+
+        def additive(name):
+            # An additive mask in the query's dtype (torch also allows float32 beside 16-bit q).
+            return pointer(name, mask=dtype)
+
+        def launches(head_block, mask_pointer, mask_kind, on, precision):
+            # The tile table's (BLOCK_M, BLOCK_N, num_warps) for this dtype and head dim.
+            flags = dict(BLOCK_D=head_block, BLOCK_DV=head_block, ACC_DTYPE=acc, INPUT_PRECISION=precision,
+                         UPCAST_OPERANDS=False, MASK_KIND=mask_kind, IS_CAUSAL=on, DROPOUT=on)
+            for kernel, table, extra in ((K.attention_forward_kernel, K.FORWARD_TILES, {}),
+                                         (K.attention_backward_dkdv_kernel, K.DKDV_TILES, {}),
+                                         (K.attention_backward_dq_kernel, K.DQ_TILES,
+                                          dict(STORE_DS=mask_kind == K.ADDITIVE_MASK))):
+                block_m, block_n, num_warps, _ = table[size][head_block]
+                yield kernel, mask_pointer, dict(flags, BLOCK_M=block_m, BLOCK_N=block_n, **extra), num_warps
+
+        # fp64 never gets a bool mask: the launcher turns it into an additive one (kernels/attention.py).
+        bool_mask = (additive, K.ADDITIVE_MASK) if dtype == "fp64" else (pointer, K.BOOL_MASK)
+        for precision in precisions:
+            # Head dim 64: a bool mask and an additive one with every feature on, and every feature off.
+            at_64 = (bool_mask + (True,), (additive, K.ADDITIVE_MASK, True), (pointer, K.NO_MASK, False))
+            for mask_pointer, mask_kind, on in at_64 if full else at_64[:1]:
+                yield from launches(64, mask_pointer, mask_kind, on, precision)
+            # The larger tiles of head dims 128 and 256, with every feature on.
+            for head_block in (128, 256) if full else ((256,) if dtype == "bf16" else ()):
+                yield from launches(head_block, *bool_mask, True, precision)
+        yield K.attention_backward_preprocess_kernel, pointer, dict(
+            BLOCK_M=K.PREPROCESS_BLOCK_M, BLOCK_DV=64, ACC_DTYPE=acc), 4
+
+
 KERNEL_SETS = {
     "linear": linear_kernels,
     "cross_entropy": cross_entropy_kernels,
@@ -265,6 +315,8 @@ KERNEL_SETS = {
     "elementwise": elementwise_kernels,
     "dropout": dropout_kernels,
     "rnn": rnn_kernels,
+    "attention": lambda: attention_kernels(full=False),
+    "attention-full": attention_kernels,
 }
 
 

@@ -13,7 +13,11 @@ SCRIPT = Path(__file__).with_name("compile_for_cuda.py")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the CUDA tests compile and run every kernel")
-@pytest.mark.parametrize("kernel_set", ["batch_norm", "conv2d", "elementwise", "dropout", "layer_norm", "cross_entropy", "linear", "rnn"])
+@pytest.mark.parametrize("kernel_set", [
+    "batch_norm", "conv2d", "elementwise", "dropout", "layer_norm", "cross_entropy", "linear", "rnn", "attention",
+    # Every attention variant: minutes on a cold cache, so the default run compiles a subset.
+    pytest.param("attention-full", marks=pytest.mark.slow),
+])
 def test_kernels_compile_for_hopper(kernel_set):
     env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, str(SCRIPT), kernel_set], env=env, capture_output=True, text=True)

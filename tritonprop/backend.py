@@ -26,6 +26,7 @@ KERNEL_MODULES = {
     "relu": "tritonprop.kernels.elementwise",
     "rnn": "tritonprop.kernels.rnn",
     "rnn_cell": "tritonprop.kernels.rnn",
+    "scaled_dot_product_attention": "tritonprop.kernels.attention",
 }
 
 

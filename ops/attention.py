@@ -1,0 +1,310 @@
+"""Fused attention: the autograd.Function, `scaled_dot_product_attention` with F.scaled_dot_product_attention's
+signature, and `MultiheadAttention` (a subclass of torch's).
+
+What follows torch, and where it stops:
+  * q/k/v may be any strided views (slices of a fused QKV projection): the kernels read them in
+    place. Leading dims beyond (B, H) are flattened with `reshape`, a copy only when they do not
+    merge.
+  * attn_mask: bool (True = may attend) or additive (float32 or the query's dtype), broadcast to
+    (..., Hq, Sq, Sk) with stride 0 on broadcast dims, so a (B, 1, 1, Sk) key-padding mask is never
+    materialised. An additive mask that requires grad gets its gradient dS, which the backward
+    builds as a dense (B, Hq, Sq, Sk) buffer (one extra attention-matrix of memory) and sums over
+    the broadcast dims.
+  * is_causal is top-left aligned (torch's tril(ones(Sq, Sk))); with an attn_mask as well, both
+    apply, as in torch's math backend.
+  * A query row that sees no key outputs 0 with zero gradients, as torch's math backend does.
+  * Stricter than torch's math backend, which broadcasts through matmul: the batch dims of q, k
+    and v must be equal, k and v need q's number of heads unless enable_gqa=True, and k and v
+    must have the same sequence length. torch's fused backends require the same.
+  * dropout_p > 0 draws a seed from torch's generator (reproducible under torch.manual_seed); the
+    mask is Triton's Philox, not torch's, and is regenerated in the backward, never stored.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from tritonprop import backend
+from tritonprop.kernels import attention as K
+from tritonprop.ops import _checks
+from tritonprop.ops._autocast import cast_to_lower_precision
+from tritonprop.ops.dropout import dropout
+from tritonprop.ops.linear import linear
+from tritonprop.ops.reference import attention as reference
+
+OP = "scaled_dot_product_attention"
+MHA = "MultiheadAttention"
+
+
+class AttentionFn(torch.autograd.Function):
+    """Attention over 4-D q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, is_causal, scale, dropout_p, seed, out_order):
+        o, lse = K.forward(q, k, v, mask, is_causal, scale, dropout_p, seed, out_order)
+        ctx.save_for_backward(q, k, v, o, lse, mask, seed)
+        ctx.options = (is_causal, scale, dropout_p)
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do):
+        q, k, v, o, lse, mask, seed = ctx.saved_tensors
+        is_causal, scale, dropout_p = ctx.options
+        need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
+        dq, dk, dv, dmask = K.backward(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed,
+                                       need_q=need_q, need_kv=need_k or need_v, need_mask=need_mask)
+        if dmask is not None:
+            dmask = dmask.to(mask.dtype)
+        return (dq, dk if need_k else None, dv if need_v else None, dmask, None, None, None, None, None)
+
+
+def _attention(q, k, v, mask, dropout_p, is_causal, scale, out_order=(0, 1, 2, 3)):
+    """AttentionFn on validated 4-D tensors; `mask` broadcastable to (B, Hq, Sq, Sk) or None."""
+    B, Hq, Sq, _ = q.shape
+    Sk = k.shape[2]
+    if mask is not None:
+        # stride 0 on broadcast dims: the kernels read the mask in place.
+        mask = mask.expand(B, Hq, Sq, Sk)
+    seed = reference.draw_seed(q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64, device=q.device)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    with torch.autocast(q.device.type, enabled=False):
+        return AttentionFn.apply(q, k, v, mask, bool(is_causal), scale, float(dropout_p), seed, out_order)
+
+
+def _validate(query, key, value, attn_mask, dropout_p, scale, enable_gqa):
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _checks.check_tensor(OP, name, t)
+        _checks.check_floating(OP, name, t)
+    if min(query.dim(), key.dim(), value.dim()) < 2:
+        raise RuntimeError(f"{OP}: expected query, key, and value to all be at least 2 dimensional, but got "
+                           f"query.dim: {query.dim()} key.dim: {key.dim()} and value.dim: {value.dim()} instead.")
+    for name, t in (("key", key), ("value", value)):
+        if t.dim() != query.dim():
+            raise RuntimeError(f"{OP}: {name} has {t.dim()} dims but query has {query.dim()}; they must match")
+    if not query.dtype == key.dtype == value.dtype:
+        raise RuntimeError(f"{OP}: expected query, key, and value to have the same dtype, but got query.dtype: "
+                           f"{query.dtype} key.dtype: {key.dtype} and value.dtype: {value.dtype} instead.")
+    if key.shape[-1] != query.shape[-1]:
+        raise RuntimeError(f"{OP}: key's head dim ({key.shape[-1]}) must equal query's ({query.shape[-1]})")
+    if value.shape[-2] != key.shape[-2]:
+        raise RuntimeError(f"{OP}: value's sequence length ({value.shape[-2]}) must equal key's ({key.shape[-2]})")
+    for name, t in (("key", key), ("value", value)):
+        if t.shape[:-3] != query.shape[:-3]:
+            raise RuntimeError(f"{OP}: {name}'s batch dims {list(t.shape[:-3])} must equal query's "
+                               f"{list(query.shape[:-3])}")
+    if query.dim() >= 3:
+        heads_q, heads_k, heads_v = query.shape[-3], key.shape[-3], value.shape[-3]
+        if heads_v != heads_k:
+            raise RuntimeError(f"{OP}: value has {heads_v} heads but key has {heads_k}; they must match")
+        if enable_gqa and heads_q % heads_k:
+            raise RuntimeError(f"{OP}: number of heads in key and value ({heads_k}) must divide the number of "
+                               f"heads in query ({heads_q}) with enable_gqa=True")
+        if not enable_gqa and heads_k != heads_q:
+            raise RuntimeError(f"{OP}: key has {heads_k} heads but query has {heads_q}; pass enable_gqa=True "
+                               "for grouped-query attention")
+    if not 0.0 <= dropout_p <= 1.0:
+        raise RuntimeError(f"{OP}: dropout probability has to be between 0 and 1, but got {dropout_p}")
+    if scale is not None and not isinstance(scale, (int, float)):
+        raise TypeError(f"{OP}: scale must be a number or None, got {type(scale).__name__}")
+    if attn_mask is not None:
+        _checks.check_tensor(OP, "attn_mask", attn_mask)
+        if attn_mask.dtype != torch.bool and attn_mask.dtype not in (torch.float32, query.dtype):
+            raise RuntimeError(f"{OP}: expected attn_mask dtype to be bool or float or to match query dtype, but got "
+                               f"attn_mask.dtype: {attn_mask.dtype} and query.dtype: {query.dtype} instead.")
+        scores = (*query.shape[:-1], key.shape[-2])
+        try:
+            broadcasts = torch.broadcast_shapes(attn_mask.shape, scores) == scores
+        except RuntimeError:
+            broadcasts = False
+        if not broadcasts:
+            raise RuntimeError(f"{OP}: attn_mask of shape {list(attn_mask.shape)} does not broadcast to the "
+                               f"attention scores' shape {list(scores)} (..., heads, Sq, Sk)")
+
+
+def _as_4d(t: torch.Tensor) -> torch.Tensor:
+    """(..., H, S, E) -> (B, H, S, E): leading dims merged (a view when their strides allow)."""
+    if t.dim() == 2:
+        return t[None, None]
+    if t.dim() == 3:
+        return t.unsqueeze(0)
+    return t.reshape(math.prod(t.shape[:-3]), *t.shape[-3:])
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                                 enable_gqa=False):
+    """`torch.nn.functional.scaled_dot_product_attention`, computed by fused Triton kernels."""
+    _validate(query, key, value, attn_mask, dropout_p, scale, enable_gqa)
+    if backend.use_reference():
+        return reference.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                                      enable_gqa)
+    backend.check_devices(OP, query=query, key=key, value=value, attn_mask=attn_mask)
+    query, key, value, attn_mask = cast_to_lower_precision(query.device.type, [query, key, value, attn_mask])
+    scores = (*query.shape[:-1], key.shape[-2])
+    mask = None
+    if attn_mask is not None:
+        # Expanded first, so that merging the leading dims is a view for every mask of <= 4 dims.
+        mask = _as_4d(attn_mask.expand(scores))
+    out = _attention(_as_4d(query), _as_4d(key), _as_4d(value), mask, dropout_p, is_causal, scale)
+    return out.reshape(*query.shape[:-1], value.shape[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# MultiheadAttention
+# ----------------------------------------------------------------------------------------------
+
+
+def _heads(t: torch.Tensor, num_heads: int, parts: int):
+    """(B, L, parts * E) -> `parts` views (B, H, L, E / H): a packed projection split without copies."""
+    B, L, width = t.shape
+    split = t.view(B, L, parts, num_heads, width // (parts * num_heads))
+    return [split[:, :, i].transpose(1, 2) for i in range(parts)]
+
+
+def _additive(mask: torch.Tensor, dtype) -> torch.Tensor:
+    """torch's canonical form of an MHA mask: bool (True = masked out) -> 0 / -inf."""
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
+
+
+def _merge_masks(key_padding_mask, attn_mask, batch, num_heads, tgt_len, src_len, dtype):
+    """One SDPA-style mask (bool True = may attend, or additive) broadcastable to (B, H, L, S).
+
+    MHA's bool masks mean the opposite of SDPA's (True = masked out). Two bool masks combine into
+    one bool mask; otherwise both take torch's additive form and add, as
+    F.multi_head_attention_forward does.
+    """
+    masks = []
+    if attn_mask is not None:
+        masks.append(attn_mask.view(batch, num_heads, tgt_len, src_len) if attn_mask.dim() == 3 else attn_mask)
+    if key_padding_mask is not None:
+        masks.append(key_padding_mask.view(batch, 1, 1, src_len))
+    if not masks:
+        return None
+    if all(m.dtype == torch.bool for m in masks):
+        allowed = ~masks[0]
+        for m in masks[1:]:
+            allowed = allowed & ~m
+        return allowed
+    total = _additive(masks[0], dtype)
+    for m in masks[1:]:
+        total = total + _additive(m, dtype)
+    return total
+
+
+class MultiheadAttention(torch.nn.MultiheadAttention):
+    """Drop-in `torch.nn.MultiheadAttention` on the fused attention kernels (projections on tritonprop's linear).
+
+    need_weights=False runs the fused kernels. need_weights=True (torch's default) must return
+    the (B, [H,] L, S) attention weights, which the fused kernels never form; that path computes
+    them explicitly, softmax(q k^T * scale + mask) as ops/reference/attention.py does, and costs
+    the memory of the whole attention matrix. is_causal=True is a hint that attn_mask is the causal
+    mask, as in torch: the kernels' own causal masking is used instead of reading attn_mask.
+    add_bias_kv and add_zero_attn are not implemented.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
+                 kdim=None, vdim=None, batch_first=False, device=None, dtype=None):
+        for name, value in (("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)):
+            if value:
+                raise NotImplementedError(f"tritonprop {MHA}: {name}=True is not implemented")
+        super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim, batch_first,
+                         device=device, dtype=dtype)
+
+    def _project(self, query, key, value):
+        """q, k, v as (B, H, L, E / H) views of the projections (one packed matmul for self-attention)."""
+        E, H = self.embed_dim, self.num_heads
+        if not self._qkv_same_embed_dim:
+            b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None, None, None)
+            return (_heads(linear(query, self.q_proj_weight, b_q), H, 1)[0],
+                    _heads(linear(key, self.k_proj_weight, b_k), H, 1)[0],
+                    _heads(linear(value, self.v_proj_weight, b_v), H, 1)[0])
+        w, b = self.in_proj_weight, self.in_proj_bias
+        bias = (lambda lo, hi: None) if b is None else (lambda lo, hi: b[lo:hi])
+        if query is key and key is value:
+            return tuple(_heads(linear(query, w, b), H, 3))
+        q = _heads(linear(query, w[:E], bias(0, E)), H, 1)[0]
+        if key is value:
+            k, v = _heads(linear(key, w[E:], bias(E, 3 * E)), H, 2)
+            return q, k, v
+        return (q, _heads(linear(key, w[E:2 * E], bias(E, 2 * E)), H, 1)[0],
+                _heads(linear(value, w[2 * E:], bias(2 * E, 3 * E)), H, 1)[0])
+
+    def _check_masks(self, key_padding_mask, attn_mask, is_causal, batch, tgt_len, src_len):
+        for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
+                raise TypeError(f"{MHA}: only bool and floating types of {name} are supported, got {mask.dtype}")
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, src_len):
+            raise RuntimeError(f"{MHA}: expected key_padding_mask of shape {[batch, src_len]} (batch, source length), "
+                               f"got {list(key_padding_mask.shape)}")
+        if attn_mask is not None:
+            if attn_mask.dim() == 2 and tuple(attn_mask.shape) != (tgt_len, src_len):
+                raise RuntimeError(f"{MHA}: the shape of the 2D attn_mask is {list(attn_mask.shape)}, but should be "
+                                   f"{[tgt_len, src_len]}.")
+            if attn_mask.dim() == 3 and tuple(attn_mask.shape) != (batch * self.num_heads, tgt_len, src_len):
+                raise RuntimeError(f"{MHA}: the shape of the 3D attn_mask is {list(attn_mask.shape)}, but should be "
+                                   f"{[batch * self.num_heads, tgt_len, src_len]}.")
+            if attn_mask.dim() not in (2, 3):
+                raise RuntimeError(f"{MHA}: attn_mask's dimension {attn_mask.dim()} is not supported")
+        if is_causal and attn_mask is None:
+            raise RuntimeError(f"{MHA}: need attn_mask if specifying the is_causal hint. You may use the Transformer "
+                               "module method `generate_square_subsequent_mask` to create this mask.")
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if backend.use_reference():
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                   average_attn_weights, is_causal)
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            _checks.check_tensor(MHA, name, t)
+        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
+            raise RuntimeError(f"{MHA}: query, key and value must all be 3-D (batched) or all 2-D (unbatched), got "
+                               f"{query.dim()}-D, {key.dim()}-D and {value.dim()}-D")
+        batched = query.dim() == 3
+        # Everything below is batch first: (B, L, E). Transposes are views, taken once per distinct
+        # tensor so that `query is key` still tells self-attention apart.
+        if not batched:
+            query, key, value = _same_views(lambda t: t.unsqueeze(0), query, key, value)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = _same_views(lambda t: t.transpose(0, 1), query, key, value)
+        batch, tgt_len, src_len = query.shape[0], query.shape[1], key.shape[1]
+        if query.shape[-1] != self.embed_dim:
+            raise RuntimeError(f"{MHA}: query's last dim ({query.shape[-1]}) must be embed_dim ({self.embed_dim})")
+        if key.shape[:2] != value.shape[:2]:
+            raise RuntimeError(f"{MHA}: key's batch and sequence dims {list(key.shape[:2])} must match value's "
+                               f"{list(value.shape[:2])}")
+        self._check_masks(key_padding_mask, attn_mask, is_causal, batch, tgt_len, src_len)
+
+        q, k, v = self._project(query, key, value)
+        mask = _merge_masks(key_padding_mask, None if is_causal else attn_mask, batch, self.num_heads, tgt_len,
+                            src_len, q.dtype)
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            weights = reference.attention_probabilities(q, k, mask, is_causal)
+            weights = dropout(weights, dropout_p, self.training)
+            heads_out = weights @ v
+            attended = heads_out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
+            if average_attn_weights:
+                weights = weights.mean(dim=1)
+        else:
+            weights = None
+            # Stored as (B, L, H, E / H), so the output projection reads it as (B, L, E) without a copy.
+            heads_out = _attention(q, k, v, mask, dropout_p, is_causal, None, out_order=(0, 2, 1, 3))
+            attended = heads_out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)
+        out = linear(attended, self.out_proj.weight, self.out_proj.bias)
+        if not batched:
+            return out.squeeze(0), None if weights is None else weights.squeeze(0)
+        return (out if self.batch_first else out.transpose(0, 1)), weights
+
+
+def _same_views(view, query, key, value):
+    """view(t) for each of query, key, value, computed once per distinct tensor (keeps `is` relations)."""
+    q = view(query)
+    k = q if key is query else view(key)
+    v = k if value is key else (q if value is query else view(value))
+    return q, k, v
