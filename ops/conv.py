@@ -57,8 +57,6 @@ def _validate(input, weight, bias, groups):
     if weight.dim() != 4:
         raise RuntimeError(f"{OP}: expected a 4D weight (out_channels, in_channels/groups, kH, kW), "
                            f"got weight of size {list(weight.shape)}")
-    if weight.dtype != input.dtype:
-        raise TypeError(f"{OP}: input dtype {input.dtype} and weight dtype {weight.dtype} should be the same")
     if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
         raise RuntimeError(f"{OP}: non-positive groups is not supported, got groups={groups!r}")
     if weight.shape[0] % groups:
@@ -75,8 +73,13 @@ def _validate(input, weight, bias, groups):
         if bias.dim() != 1 or bias.numel() != weight.shape[0]:
             raise RuntimeError(f"{OP}: given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
                                f"with {weight.shape[0]} elements, but got bias of size {list(bias.shape)}")
-        if bias.dtype != input.dtype:
-            raise TypeError(f"{OP}: input dtype {input.dtype} and bias dtype {bias.dtype} should be the same")
+
+
+def _check_dtypes(input, weight, bias):
+    # After autocast's cast, as torch checks them: a bf16 activation meets fp32 weights under autocast.
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"{OP}: input dtype {input.dtype} and {name} dtype {t.dtype} should be the same")
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
@@ -84,10 +87,11 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     if activation not in ACTIVATIONS:
         raise ValueError(f"{OP}: activation must be one of None, 'relu', 'gelu', got {activation!r}")
     _validate(input, weight, bias, groups)
+    input, weight, bias = cast_to_lower_precision(input.device.type, [input, weight, bias])
+    _check_dtypes(input, weight, bias)
     if backend.use_reference():
         return reference.conv2d_unfold(input, weight, bias, stride, padding, dilation, groups, activation=activation)
     backend.check_devices(OP, input=input, weight=weight, bias=bias)
-    input, weight, bias = cast_to_lower_precision(input.device.type, [input, weight, bias])
     geometry = reference.conv2d_geometry(input.shape, weight.shape, stride, padding, dilation)
     # The kernels take the top/left padding; bottom/right follow from the output size.
     pad_top, _, pad_left, _ = geometry.padding

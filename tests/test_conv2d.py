@@ -289,6 +289,16 @@ def test_autocast_casts_like_torch(device):
     assert_close(ours, _torch_in_float32(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1))
 
 
+def test_autocast_takes_a_lower_precision_activation_beside_fp32_weights(device):
+    # The second layer of an autocast model: its input is already bf16, its weights are fp32.
+    x, w, b = (t.detach() for t in CONFIGS[0].tensors(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        ours = ops.conv2d(x.bfloat16(), w, b, padding=1)
+        theirs = F.conv2d(x.bfloat16(), w, b, padding=1)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    assert_close(ours, _torch_in_float32(x.bfloat16(), w.bfloat16(), b.bfloat16(), padding=1))
+
+
 def test_empty_batch(device):
     x = torch.randn(0, 3, 5, 5, device=device, requires_grad=True)
     w = torch.randn(4, 3, 3, 3, device=device, requires_grad=True)
