@@ -27,6 +27,7 @@ from tritonprop.bench.cases_cross_entropy import cross_entropy_cases
 from tritonprop.bench.cases_elementwise import elementwise_cases
 from tritonprop.bench.cases_layernorm import layer_norm_cases
 from tritonprop.bench.cases_linear import linear_cases
+from tritonprop.bench.cases_models import models_cases
 from tritonprop.bench.cases_rnn import rnn_cases
 from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case  # noqa: F401
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
@@ -197,6 +198,7 @@ CASES: dict[str, Callable[[torch.device], list[Case]]] = {
     "linear": linear_cases,
     "rnn": rnn_cases,
     "attention": attention_cases,
+    "models": models_cases,
 }
 
 

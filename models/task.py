@@ -42,4 +42,9 @@ class Task:
     predict: Callable[[torch.nn.Module, Any, str, torch.device], list[str]] | None = None
     # Extra task-specific CLI arguments: add_arguments(argparse parser).
     add_arguments: Callable[[Any], None] | None = None
+    # "kind": "classifier" or "language_model"; "smoke_args": the task's CLI arguments for a tiny
+    # model (the CLI smoke tests and the CPU benchmark rows use them); "requires": the packages its
+    # data comes from (the benchmark leaves the task out on a machine without them).
     tags: dict = field(default_factory=dict)
+    # epoch_size(data) -> training examples in one epoch, for `--epochs`; None: len(data.train).
+    epoch_size: Callable[[Any], int] | None = None

@@ -463,7 +463,7 @@ def test_cli_train_lists_its_models_and_rejects_unknown_ones(capsys):
     from tritonprop import cli
 
     args = cli.build_parser().parse_args(["train", "mlp-numpy", "--epochs", "2", "--lr", "0.1"])
-    assert (args.epochs, args.lr, args.run) == (2, 0.1, cli.TRAINERS["mlp-numpy"].run)
+    assert (args.epochs, args.lr, args.run) == (2, 0.1, cli._train_mlp_numpy)
     with pytest.raises(SystemExit) as exit_info:
         cli.build_parser().parse_args(["train", "no-such-model"])
     assert exit_info.value.code == 2

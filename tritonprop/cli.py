@@ -1,10 +1,16 @@
-"""The `tritonprop` command: `info`, `selfcheck`, `bench`, `train` (a later issue adds `predict`)."""
+"""The `tritonprop` command: `info`, `selfcheck`, `bench`, `train` and `predict`.
+
+`tritonprop train <task>` and `tritonprop predict <task>` are generated from the task registry
+(models/registry.py): every registered task gets the training loop's options (models/train.py)
+plus its own. A task whose module does not import is listed as unavailable, with the reason.
+`tritonprop train mlp-numpy` is apart: the numpy-only MLP, with no torch in its loop.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 
@@ -36,29 +42,19 @@ def _bench(args) -> int:
     return report.main(args.report_args)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def _mlp_numpy_options(parser: argparse.ArgumentParser) -> None:
     from tritonprop.models.mlp_numpy import Config
+    from tritonprop.models.train import positive_float, positive_int
 
     defaults = Config()
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs, help="passes over the training set")
+    parser.add_argument("--epochs", type=positive_int, default=defaults.epochs, help="passes over the training set")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="seed of the initialisation and batch order (the held-out split is fixed)")
-    parser.add_argument("--hidden", type=_positive_int, default=defaults.hidden, help="width of the hidden layer")
-    parser.add_argument("--lr", type=_positive_float, default=defaults.lr, help="SGD learning rate")
+    parser.add_argument("--hidden", type=positive_int, default=defaults.hidden, help="width of the hidden layer")
+    parser.add_argument("--lr", type=positive_float, default=defaults.lr, help="SGD learning rate")
+
+
+MLP_NUMPY_HELP = "an MLP on scikit-learn's 8x8 digits, trained by the numpy autodiff engine alone (no torch)"
 
 
 def _train_mlp_numpy(args) -> int:
@@ -68,23 +64,102 @@ def _train_mlp_numpy(args) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class Trainer:
-    """One `tritonprop train NAME`: its help line, its own options, and the function that runs it."""
+def _print_summary(metrics: dict, out) -> None:
+    print(f"{metrics['model']}: {metrics['steps']} steps, loss {metrics['initial_loss']:.4f} at the first step, "
+          f"{metrics['final_loss']:.4f} over the last ones")
+    if "accuracy" in metrics:
+        print(f"held-out accuracy {metrics['accuracy']:.2%} (majority-class baseline {metrics['baseline']:.2%})")
+    if "bpc" in metrics:
+        print(f"held-out {metrics['bpc']:.3f} bits per char (unigram baseline {metrics['baseline']:.3f})")
+    print(f"wrote {out}/ (checkpoint.pt, metrics.json"
+          + "".join(f", {value}" for value in metrics.values() if isinstance(value, str) and value.endswith(".png"))
+          + "".join(f", {name}" for name in metrics.get("inspect", [])) + ")")
 
-    help: str
-    add_options: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
+
+def _fail(command: str, error: Exception) -> int:
+    print(f"tritonprop {command}: error: {error}", file=sys.stderr)
+    return 2
 
 
-# A new model is one more entry here; each gets `tritonprop train NAME --help` with its own options.
-TRAINERS = {
-    "mlp-numpy": Trainer(
-        help="an MLP on scikit-learn's 8x8 digits, trained by the numpy autodiff engine alone (no torch)",
-        add_options=_mlp_numpy_options,
-        run=_train_mlp_numpy,
-    ),
-}
+def _train_task(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args) -> int:
+        from tritonprop.models import registry, train
+
+        task = registry.load_task(name)
+        try:
+            metrics = train.run(task, args)
+        except train.TrainingError as error:
+            return _fail(f"train {name}", error)
+        if metrics:  # rank 0 of a torchrun job, or a single process
+            _print_summary(metrics, args.out)
+        return 0
+    return run
+
+
+def _predict_task(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args) -> int:
+        from tritonprop.models import registry, train
+
+        task = registry.load_task(name)
+        if task.predict is None:
+            return _fail(f"predict {name}", f"the {name} task has no prediction from text; "
+                                            "tasks that have one: " + ", ".join(_predicting_tasks()))
+        try:
+            device = train.resolve_device(args.device, train.Distributed())
+            model, data = train.load_for_prediction(task, args.out or Path("runs") / name, device)
+            lines = task.predict(model, data, args.text, device)
+        except (train.TrainingError, ValueError) as error:
+            return _fail(f"predict {name}", error)
+        print("\n".join(lines))
+        return 0
+    return run
+
+
+def _unavailable(reason: str) -> Callable[[argparse.Namespace], int]:
+    def run(args) -> int:
+        print(f"tritonprop: {reason}", file=sys.stderr)
+        return 2
+    return run
+
+
+def _predicting_tasks() -> list[str]:
+    from tritonprop.models import registry
+
+    return [name for name, task in registry.available().items()
+            if not isinstance(task, Exception) and task.predict is not None]
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it has none (None) or is a plain switch (False)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_task_parsers(train, predict) -> None:
+    from tritonprop.models import registry
+    from tritonprop.models import train as training
+
+    for name, task in registry.available().items():
+        if isinstance(task, Exception):
+            for sub, verb in ((train, "train"), (predict, "predict")):
+                parser = sub.add_parser(name, help=f"(unavailable) {task}", add_help=False)
+                # Whatever options follow, the answer is why the task cannot run.
+                parser.set_defaults(run=_unavailable(f"{verb} {task}"), unavailable=True)
+            continue
+        parser = train.add_parser(name, help=task.description, description=task.description,
+                                  formatter_class=_DefaultsFormatter)
+        training.add_arguments(parser, task)
+        parser.set_defaults(run=_train_task(name))
+        what = "run the trained model on TEXT" if task.predict else "(no prediction from text for this task)"
+        parser = predict.add_parser(name, help=f"{name}: {what}", description=f"{task.description}: {what}")
+        parser.add_argument("text", metavar="TEXT")
+        parser.add_argument("--out", type=Path, default=None,
+                            help=f"the training run's output folder (default: runs/{name})")
+        parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")
+        parser.set_defaults(run=_predict_task(name))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,14 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
                            add_help=False)
     bench.set_defaults(run=_bench)
 
-    train = sub.add_parser("train", help="train a demo model and report its held-out accuracy")
-    models = train.add_subparsers(dest="model", required=True, metavar="MODEL",
-                                  help=f"one of: {', '.join(TRAINERS)}")
-    for name, trainer in TRAINERS.items():
-        model = models.add_parser(name, help=trainer.help, description=trainer.help,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        trainer.add_options(model)
-        model.set_defaults(run=trainer.run)
+    train = sub.add_parser("train", help="train a model (checkpoint, metrics.json and pictures in --out)")
+    models = train.add_subparsers(dest="model", required=True, metavar="MODEL")
+    predict = sub.add_parser("predict", help="run a trained model on text (e.g. predict names Dostoevsky)")
+    predictors = predict.add_subparsers(dest="model", required=True, metavar="MODEL")
+    _add_task_parsers(models, predictors)
+    mlp = models.add_parser("mlp-numpy", help=MLP_NUMPY_HELP, description=MLP_NUMPY_HELP,
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _mlp_numpy_options(mlp)
+    mlp.set_defaults(run=_train_mlp_numpy)
     return parser
 
 
@@ -120,7 +196,7 @@ def main(argv=None) -> int:
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
         args.report_args = rest
-    elif rest:
+    elif rest and not getattr(args, "unavailable", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return args.run(args)
 
