@@ -73,6 +73,15 @@ def _rnn(device):
     return _compare(device, lambda x, h0: ours(x, h0)[0], lambda x, h0: theirs(x, h0)[0], [x, h0], [0, 1])
 
 
+def _attention(device):
+    # Cross-attention with a key-padding mask and GQA (4 query heads share 2 key/value heads).
+    q, k, v = (torch.randn(2, heads, length, 24, device=device) for heads, length in ((4, 9), (2, 13), (2, 13)))
+    keep = torch.arange(13, device=device) < torch.tensor([[13], [7]], device=device)
+    mask = keep[:, None, None, :]
+    return _compare(device, lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
+                    lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True), [q, k, v], [0, 1, 2])
+
+
 CASES = {
     "batch_norm": _batch_norm,
     "conv2d": _conv2d,
@@ -81,6 +90,7 @@ CASES = {
     "cross_entropy": _cross_entropy,
     "gelu, relu": _gelu_relu,
     "rnn": _rnn,
+    "attention": _attention,
 }
 
 
