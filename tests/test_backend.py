@@ -34,6 +34,27 @@ def test_interpreter_env_is_set_before_kernels_are_decorated():
     assert out.split() == ["InterpretedFunction", "1"]
 
 
+@pytest.mark.parametrize("first", ["torch._dynamo", "triton.language"])
+def test_every_op_works_when_triton_was_imported_first(first):
+    # torchvision and transformers import torch._dynamo, which imports triton.language and so
+    # decorates Triton's own library functions (tl.zeros, tl.sum, tl.rand, ...) before tritonprop
+    # can turn the interpreter on. The self-check runs every op, forward and backward, vs torch;
+    # dropout (left out of it, being random) must still drop.
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the kernels compile, the interpreter is not involved")
+    code = (f"import {first}\n"
+            "import torch, tritonprop\n"
+            "from tritonprop import selfcheck, ops\n"
+            "assert selfcheck.run('cpu'), 'selfcheck failed'\n"
+            "y = ops.dropout(torch.ones(64), 0.5)\n"
+            "assert 0 < int((y == 0).sum()) < 64 and set(y.unique().tolist()) <= {0.0, 2.0}\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stdout + result.stderr
+
+
 def test_reference_backend_routes_around_the_kernels(monkeypatch):
     def kernel_must_not_run(*args, **kwargs):
         raise AssertionError("the Triton kernel ran under TRITONPROP_BACKEND=reference")

@@ -7,6 +7,7 @@ reads ``TRITON_INTERPRET`` at the moment ``@triton.jit`` decorates a function.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -34,6 +35,39 @@ def configure() -> None:
     """Turn the interpreter on when there is no CUDA device, unless the user chose already."""
     if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
+    if interpreting() and "triton.language" in sys.modules:
+        _interpret_library_functions_decorated_early()
+
+
+def _interpret_library_functions_decorated_early() -> None:
+    """Let interpreted kernels call Triton's own library functions even if Triton came first.
+
+    Triton decides at decoration time whether a function is interpreted. Its library functions
+    (``tl.zeros``, ``tl.sum``, ``tl.rand``, ...) are decorated when ``triton.language`` is first
+    imported, and torch._dynamo (imported by torchvision, transformers, ...) imports it before
+    tritonprop can turn the interpreter on. Those functions are then compiled-mode JITFunctions,
+    whose ``__call__`` only raises ("Cannot call @triton.jit'd outside of the scope of a
+    kernel"). Here such a call runs the function as the interpreter would have: as an
+    InterpretedFunction device call. The patch is made only when the interpreter is on and
+    Triton's library was decorated in compiled mode; it turns that error into the call it meant.
+    """
+    import triton.language as tl
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(tl.zeros, JITFunction) or getattr(JITFunction.__call__, "_tritonprop", False):
+        return
+    # Keyed by id: a JITFunction's own hash parses its source, which fails inside a kernel.
+    interpreted: dict = {}
+
+    def call_as_interpreted(self, *args, **kwargs):
+        function = interpreted.get(id(self))
+        if function is None:
+            function = interpreted[id(self)] = InterpretedFunction(self.fn)
+        return function(*args, **kwargs)
+
+    call_as_interpreted._tritonprop = True
+    JITFunction.__call__ = call_as_interpreted
 
 
 def interpreting() -> bool:
