@@ -164,8 +164,9 @@ def linear_activation_backward_kernel(
     saved = saved.to(ACC_DTYPE)
     if ACTIVATION == 1:
         # `saved` is y = relu(z): y > 0 exactly where z > 0, and torch's gradient at 0 is 0. A
-        # select, not dy * mask, so that a non-finite dy where z <= 0 gives 0, as in torch.
-        dz = tl.where(saved > 0.0, dy, 0.0)
+        # select, not dy * mask, so that a non-finite dy where z <= 0 gives 0; and, as torch's
+        # threshold_backward tests y <= 0, dy passes where z is nan.
+        dz = tl.where(saved <= 0.0, 0.0, dy)
     elif ACTIVATION == 2:
         dz = dy * gelu_grad(saved)
     else:

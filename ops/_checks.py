@@ -30,3 +30,27 @@ def check_param_dtype(op: str, name: str, param: torch.Tensor, input_dtype: torc
         return
     allowed = f"{input_dtype}" + (" or torch.float32" if input_dtype in _LOW_PRECISION else "")
     raise TypeError(f"{op}: {name} has dtype {param.dtype}, but input is {input_dtype}; expected {allowed}")
+
+
+def check_probability(op: str, name: str, p) -> float:
+    """A dropout probability: a real number in [0, 1] (NaN refused), as torch's dropout checks it."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{op}: {name} must be a float in [0, 1], got {type(p).__name__}")
+    if not 0.0 <= p <= 1.0:  # also false for NaN
+        raise ValueError(f"{op}: {name} has to be between 0 and 1, but got {p}")
+    return float(p)
+
+
+def refuse_double_backward(op: str) -> None:
+    """Call first thing in a backward that is not itself differentiable.
+
+    Inside backward, grad mode is on exactly when the caller asked for a graph of the gradient
+    (``create_graph=True``). Returning a gradient that silently does not depend on the inputs
+    would drop a gradient penalty from the loss, so refuse instead, naming the op.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{op}: double backward is not supported: the gradient of {op} cannot itself be differentiated "
+            "(create_graph=True), as with FlashAttention. Use TRITONPROP_BACKEND=reference for a "
+            "differentiable gradient of this op."
+        )

@@ -9,8 +9,10 @@ calls differ. Only that seed is kept for the backward, which regenerates the mas
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from tritonprop import backend
 from tritonprop.kernels import dropout as K
@@ -32,10 +34,40 @@ class DropoutFn(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         seed, = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True. Dropout is linear, so its backward is the same mask (same seed)
+            # applied to dy; applied through this Function, it is differentiable to any order.
+            return DropoutFn.apply(dy, seed, ctx.p, False), None, None, None
         return K.backward(dy, seed, ctx.p), None, None, None
+
+
+def _probability(p) -> float:
+    """p as torch's dropout reads it, with torch's exception type for each refusal."""
+    # torch takes any real scalar that its argument parser reads as a double: bools, numpy
+    # scalars and 0-d tensors included. A tensor of several elements fails its Python range
+    # check (RuntimeError); one of a single element but not 0-d fails the parser (TypeError).
+    if isinstance(p, torch.Tensor) and p.numel() > 1:
+        raise RuntimeError(f"{OP}: p must be a number or a 0-d tensor, but got a tensor of shape {tuple(p.shape)}")
+    if isinstance(p, (bool, np.bool_, np.integer, np.floating)) or (isinstance(p, torch.Tensor) and p.dim() == 0):
+        p = float(p)
+    if isinstance(p, float) and math.isnan(p):
+        # torch's Python range check lets NaN through and its C++ check refuses it: RuntimeError.
+        raise RuntimeError(f"{OP}: p has to be between 0 and 1, but got nan")
+    return _checks.check_probability(OP, "p", p)
+
+
+def _check_dtype(input, p):
+    """A training call with 0 < p: torch's outcome for each dtype that the kernel does not take."""
+    if input.is_floating_point():
+        return
+    if input.is_complex() or p == 1.0:
+        # torch multiplies by a zero mask at p = 1 (any dtype) and has no complex Bernoulli sampler.
+        raise NotImplementedError(f"{OP}: input of dtype {input.dtype} is not supported in training mode "
+                                  f"(p={p}); tritonprop's dropout takes floating-point tensors")
+    # torch's float mask cannot be cast to an integer or bool output: a RuntimeError.
+    raise RuntimeError(f"{OP}: input must be a floating-point tensor in training mode, got dtype {input.dtype}")
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
@@ -43,21 +75,20 @@ def dropout(input, p=0.5, training=True, inplace=False):
 
     As in torch, ``training=False``, ``p=0`` and an empty input return `input` itself.
     """
-    if p < 0.0 or p > 1.0:
-        # The same error, and type, as torch.nn.functional.dropout.
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    p = _probability(p)
     _checks.check_tensor(OP, "input", input)
+    if not isinstance(training, bool):
+        # torch's argument parser takes only a Python bool here (not 0/1, None or a tensor).
+        raise TypeError(f"{OP}: training must be bool, not {type(training).__name__}")
     if not training or p == 0 or input.numel() == 0:
         return input
-    if not input.is_floating_point():
-        # torch raises a RuntimeError here too (its float mask cannot be cast to an integer output).
-        raise RuntimeError(f"{OP}: input must be a floating-point tensor in training mode, got dtype {input.dtype}")
+    _check_dtype(input, p)
     if backend.use_reference():
         return reference.dropout(input, p, training, inplace)
     backend.check_devices(OP, input=input)
     if inplace:
         check_in_place_target(OP, input)
-    output = DropoutFn.apply(input, reference.draw_seed(input.device), float(p), bool(inplace))
+    output = DropoutFn.apply(input, reference.draw_seed(input.device), p, bool(inplace))
     # In place, torch returns input itself; see ops.activations.relu.
     return input if inplace else output
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from tritonprop import backend
 from tritonprop.kernels import linear as K
 from tritonprop.ops import _checks
 from tritonprop.ops._autocast import cast_to_lower_precision
+from tritonprop.ops.activations import activation_grad
 from tritonprop.ops.reference import linear as reference
 
 OP = "linear"
@@ -27,17 +27,16 @@ class LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, activation):
         y, saved = K.forward(x, weight, bias, activation)
-        ctx.save_for_backward(x, weight, saved)
+        ctx.save_for_backward(x, weight, bias, saved)
         ctx.activation = activation
-        ctx.has_bias = bias is not None
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
-        x, weight, saved = ctx.saved_tensors
+        x, weight, bias, saved = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            return _backward_with_graph(dy, x, weight, bias, saved, ctx.activation, ctx.needs_input_grad[:3])
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        need_bias = need_bias and ctx.has_bias
         dz = K.activation_backward(dy, saved, ctx.activation) if ctx.activation else dy
         dx = dweight = dbias = None
         if need_input:
@@ -45,6 +44,27 @@ class LinearFn(torch.autograd.Function):
         if need_weight or need_bias:
             dweight, dbias = K.backward_weight(dz, x, need_weight=need_weight, need_bias=need_bias)
         return dx, dweight, dbias, None
+
+
+def _backward_with_graph(dy, x, weight, bias, saved, activation, needs_input_grad):
+    """LinearFn's gradients under create_graph=True, as a graph that autograd differentiates again.
+
+    Both input products are linears themselves, LinearFn on transposed views: dx = dz @ W is
+    linear(dz, W^T) and dW = dz^T @ x is linear(dz^T, x^T). So gradients of every order run on the
+    same kernels, and each one's backward is this function again.
+    """
+    need_input, need_weight, need_bias = needs_input_grad
+    dz = dy
+    if activation == "relu":
+        # The saved output y has the mask of z, and the mask has no derivative.
+        dz = activation_grad(dy, saved, activation)
+    elif activation is not None:
+        # The saved z is a kernel output without a graph: recompute it differentiably.
+        dz = activation_grad(dy, LinearFn.apply(x, weight, bias, None), activation)
+    dx = LinearFn.apply(dz, weight.t(), None, None) if need_input else None
+    dweight = LinearFn.apply(dz.t(), x.t(), None, None) if need_weight else None
+    dbias = dz.sum(dim=0) if need_bias else None
+    return dx, dweight, dbias, None
 
 
 def _validate(input, weight, bias):
@@ -56,8 +76,8 @@ def _validate(input, weight, bias):
     if input.dim() == 0:
         raise RuntimeError(f"{OP}: both arguments to linear need to be at least 1D, but input is 0-D")
     if weight.dim() == 1:
-        raise NotImplementedError(f"{OP}: a 1-D weight (torch's matrix-vector form) is not implemented; "
-                                  f"pass weight.unsqueeze(0) of size [1, {weight.shape[0]}]")
+        _validate_matrix_vector(input, weight, bias)
+        return
     if weight.dim() != 2:
         raise RuntimeError(f"{OP}: expected weight to be 2-D (out_features, in_features), "
                            f"but got weight of size {list(weight.shape)}")
@@ -69,7 +89,8 @@ def _validate(input, weight, bias):
                            f"({rows}x{input.shape[-1]} and {in_features}x{out_features})")
     if bias is not None:
         _checks.check_tensor(OP, "bias", bias)
-        if bias.dim() != 1 or bias.shape[0] != out_features:
+        # A 0-d or one-element bias is broadcast along the features by torch, as by `expand`.
+        if bias.dim() > 1 or (bias.dim() == 1 and bias.shape[0] not in (1, out_features)):
             output_shape = (*input.shape[:-1], out_features)
             try:
                 broadcasts = torch.broadcast_shapes(bias.shape, output_shape) == output_shape
@@ -77,9 +98,37 @@ def _validate(input, weight, bias):
                 broadcasts = False
             if broadcasts:
                 raise NotImplementedError(f"{OP}: a bias of size {list(bias.shape)} broadcast against the output is "
-                                          f"not implemented; only a 1-D bias of {out_features} (out_features) elements")
+                                          f"not implemented; only a bias of {out_features} (out_features) "
+                                          "elements, or of one")
             raise RuntimeError(f"{OP}: expected bias to be 1-D with {out_features} (out_features) elements, "
                                f"but got bias of size {list(bias.shape)}")
+
+
+def _validate_matrix_vector(input, weight, bias):
+    """torch's linear with a 1-D weight: a matrix-vector product, whose output drops the last dim."""
+    if input.shape[-1] != weight.shape[0]:
+        raise RuntimeError(f"{OP}: the last dim of input ({input.shape[-1]}) must equal the size of the 1-D weight "
+                           f"({weight.shape[0]})")
+    if bias is None:
+        return
+    _checks.check_tensor(OP, "bias", bias)
+    if bias.dim() == 0 and input.dim() != 2:
+        # torch adds it to the matmul's output, and so do we, in the epilogue.
+        return
+    if input.dim() == 2 or (input.dim() > 2 and bias.dim() == 1 and input.is_contiguous()):
+        raise RuntimeError(f"{OP}: this bias beside a 1-D weight takes torch's fused path, which needs a 2-D "
+                           f"weight (mat2 must be a matrix); input has size {list(input.shape)}, "
+                           f"bias {list(bias.shape)}")
+    output_shape = tuple(input.shape[:-1])
+    try:
+        fits = torch.broadcast_shapes(bias.shape, output_shape) == output_shape
+    except RuntimeError:
+        fits = False
+    if fits:
+        raise NotImplementedError(f"{OP}: a bias of size {list(bias.shape)} beside a 1-D weight is not implemented; "
+                                  "only a 0-d one")
+    raise RuntimeError(f"{OP}: a bias of size {list(bias.shape)} cannot be added to the output of size "
+                       f"{list(output_shape)} (a 1-D weight drops the last dim)")
 
 
 def _check_dtypes(input, weight, bias):
@@ -95,12 +144,19 @@ def linear(input, weight, bias=None, *, activation=None):
     if activation not in ACTIVATIONS:
         raise ValueError(f"{OP}: activation must be one of None, 'relu', 'gelu', 'gelu_tanh', got {activation!r}")
     _validate(input, weight, bias)
+    if weight.dim() == 1:
+        # torch's matrix-vector form: the linear with one output feature, without that dim.
+        bias = None if bias is None else bias.reshape(1)
+        return linear(input, weight.unsqueeze(0), bias, activation=activation).squeeze(-1)
     input, weight, bias = cast_to_lower_precision(input.device.type, [input, weight, bias])
     _check_dtypes(input, weight, bias)
     if backend.use_reference():
         return reference.linear(input, weight, bias, activation=activation)
     backend.check_devices(OP, input=input, weight=weight, bias=bias)
     out_features, in_features = weight.shape
+    if bias is not None and bias.shape != (out_features,):
+        # A stride-0 view: the kernel reads the bias by its stride.
+        bias = bias.expand(out_features)
     leading = input.shape[:-1]
     # The kernels read x through its two strides, so a 2-D input of any strides is used as it
     # is. reshape is a view whenever the leading dims merge into one row stride; it copies only

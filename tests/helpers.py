@@ -159,3 +159,17 @@ def require_demo_packages() -> None:
 
     for name in DEMO_PACKAGES:
         pytest.importorskip(name, reason=f"the demo models need {name} (requirements-dev.txt)")
+
+
+def assert_gradgradcheck(fn, *args, fast_mode=False, **kwargs):
+    """`torch.autograd.gradgradcheck` of `fn` in float64, converting arguments as `assert_gradcheck` does.
+
+    It proves the backward itself is differentiable: the gradient under ``create_graph=True``
+    requires grad and its own gradient matches finite differences.
+    """
+    converted = [_fresh(a.detach().to(torch.float64)).requires_grad_(a.requires_grad)
+                 if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    kwargs = {k: (v.detach().double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in kwargs.items()}
+    assert any(isinstance(a, torch.Tensor) and a.requires_grad for a in converted), "nothing to check"
+    assert torch.autograd.gradgradcheck(lambda *xs: fn(*xs, **kwargs), tuple(converted), fast_mode=fast_mode)

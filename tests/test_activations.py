@@ -249,14 +249,32 @@ def test_autocast_leaves_the_dtype_alone_like_torch(device):
                 assert_close(y, ye, name=name)
 
 
+@pytest.mark.parametrize("shape", [(0,), (0, 3), (2, 0, 3)], ids=str)
 @pytest.mark.parametrize("name", ACTIVATIONS)
-def test_empty_input(device, name):
+def test_empty_input(device, name, shape):
     ours, theirs, _, kwargs = ACTIVATIONS[name]
-    x = torch.randn(0, 3, device=device, requires_grad=True)
-    y = ours(x, **kwargs)
-    assert y.shape == theirs(x.detach(), **kwargs).shape == (0, 3)
-    y.sum().backward()
-    assert x.grad.shape == x.shape
+    x = torch.randn(shape, device=device, requires_grad=True)
+    out = assert_matches(ours, {"torch": theirs}, x, **kwargs)
+    assert out.shape == shape
+
+
+def test_relu_in_place_on_an_empty_tensor(device):
+    h = torch.randn(2, 0, 3, device=device)
+    assert relu(h, inplace=True) is h and h.shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("op_name,ours", [("nn.functional.relu", relu), ("nn.functional.gelu", gelu)],
+                         ids=["relu", "gelu"])
+def test_torch_sample_inputs_match_torch(device, op_name, ours, dtype):
+    # torch's own OpInfo samples: a 0-d input, 1-D to 3-D inputs, and both GELU approximations.
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    op = next(op for op in op_db if op.name == op_name)
+    samples = list(op.sample_inputs(device, dtype, requires_grad=True))
+    assert samples
+    for sample in samples:
+        assert_matches(ours, {"torch": op.op}, sample.input, *sample.args, **sample.kwargs)
 
 
 def test_reference_backend_routes_to_the_formulas(device, monkeypatch):
@@ -288,8 +306,15 @@ def test_reference_backend_routes_to_the_formulas(device, monkeypatch):
      "gelu: input of dtype torch.int64 is not supported"),
     (lambda: relu(torch.ones(3, dtype=torch.int32)), NotImplementedError,
      "relu: input of dtype torch.int32 is not supported"),
+    (lambda: relu(torch.ones(3, dtype=torch.bool)), RuntimeError, "relu: Boolean inputs not supported"),
+    (lambda: gelu(torch.ones(3, dtype=torch.bool)), NotImplementedError,
+     "gelu: input of dtype torch.bool is not supported"),
+    (lambda: relu(torch.ones(3, dtype=torch.complex64)), NotImplementedError,
+     "relu: input of dtype torch.complex64 is not supported"),
+    (lambda: GELU("sigmoid")(torch.randn(3)), RuntimeError,
+     "gelu: approximate argument must be either none or tanh, got 'sigmoid'"),
 ], ids=["approximate_value", "approximate_type", "gelu_not_tensor", "relu_not_tensor", "gelu_integer",
-        "relu_integer"])
+        "relu_integer", "relu_bool", "gelu_bool", "relu_complex", "module_approximate_value"])
 def test_bad_arguments_name_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call()
@@ -298,8 +323,18 @@ def test_bad_arguments_name_the_argument(call, error, match):
 def test_torch_raises_the_same_error_types():
     with pytest.raises(RuntimeError, match="approximate argument must be either none or tanh"):
         F.gelu(torch.randn(3), approximate="sigmoid")
+    with pytest.raises(RuntimeError, match="approximate argument must be either none or tanh"):
+        torch.nn.GELU("sigmoid")(torch.randn(3))
+    with pytest.raises(TypeError):
+        F.gelu(torch.randn(3), approximate=None)
     with pytest.raises(NotImplementedError):
         F.gelu(torch.ones(3, dtype=torch.int64))
+    with pytest.raises(NotImplementedError):
+        F.gelu(torch.ones(3, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="Boolean inputs not supported for relu"):
+        F.relu(torch.ones(3, dtype=torch.bool))
+    with pytest.raises(NotImplementedError):
+        F.relu(torch.ones(3, dtype=torch.complex64))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close, assert_gradcheck
+from helpers import assert_close, assert_gradcheck, assert_matches
 from tritonprop import backend
 from tritonprop.kernels import dropout as K
 from tritonprop.kernels import elementwise
@@ -245,6 +245,31 @@ def test_returns_the_input_itself_like_torch(device, case):
     assert torch.equal(torch.get_rng_state(), state), "no randomness is drawn"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_torch_sample_inputs_match_torch(device, dtype):
+    # torch's own OpInfo samples: 0-d to 2-D inputs, p in {0, 0.5, 1}, training on and off. Those
+    # with 0 < p < 1 in training are random (torch's mask is not ours): they are checked against
+    # the reference, which rebuilds our mask; the rest must match torch exactly.
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    op = next(op for op in op_db if op.name == "nn.functional.dropout")
+    samples = list(op.sample_inputs(device, dtype, requires_grad=True))
+    assert len(samples) > 10
+    for sample in samples:
+        p, training = sample.kwargs.get("p", 0.5), sample.kwargs.get("training", True)
+        oracle = seeded(reference.dropout) if training and 0 < p < 1 else op.op
+        assert_matches(seeded(dropout), {"oracle": oracle}, sample.input, *sample.args, **sample.kwargs)
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3)], ids=str)
+def test_empty_input_in_training_is_returned_with_its_gradient(device, shape):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    y = dropout(x, 0.5)
+    assert y is x is F.dropout(x, 0.5)
+    (x * 2.0).sum().backward()
+    assert x.grad.shape == shape
+
+
 @pytest.mark.parametrize("view", ["whole", "strided_slice"])
 def test_in_place_writes_the_out_of_place_result_and_differentiates(device, view):
     select = (lambda t: t) if view == "whole" else (lambda t: t[:, ::2])
@@ -311,24 +336,101 @@ def test_reference_backend_draws_the_same_masks(device, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("p", [-0.1, 1.5])
-def test_probability_outside_zero_one_raises_like_torch(p):
-    message = f"dropout probability has to be between 0 and 1, but got {p}"
-    with pytest.raises(ValueError, match=message):
-        F.dropout(torch.randn(3), p)
-    with pytest.raises(ValueError, match=message):
-        dropout(torch.randn(3), p)
-    with pytest.raises(ValueError, match=message):
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("inf"), torch.tensor(1.5)], ids=["negative", "above_one", "inf",
+                                                                               "tensor_above_one"])
+@pytest.mark.parametrize("training", [True, False])
+def test_probability_outside_zero_one_raises_like_torch(p, training):
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
+        F.dropout(torch.randn(3), p, training)
+    with pytest.raises(ValueError, match=r"dropout: p has to be between 0 and 1, but got (-0.1|1.5|inf)"):
+        dropout(torch.randn(3), p, training)
+    # The module is torch's own constructor, which checks p as F.dropout does.
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
         Dropout(p)
+
+
+@pytest.mark.parametrize("p", [float("nan"), np.float32("nan"), torch.tensor(float("nan"))],
+                         ids=["float", "numpy", "tensor"])
+@pytest.mark.parametrize("training", [True, False])
+def test_nan_probability_raises_a_runtime_error_like_torch(p, training):
+    # torch's Python range check lets NaN through; its C++ check refuses it, even in eval mode.
+    with pytest.raises(RuntimeError, match="dropout probability has to be between 0 and 1, but got nan"):
+        F.dropout(torch.randn(3), p, training)
+    with pytest.raises(RuntimeError, match="dropout: p has to be between 0 and 1, but got nan"):
+        dropout(torch.randn(3), p, training)
+    # torch's constructor accepts NaN; the forward refuses it.
+    module = Dropout(float("nan"))
+    with pytest.raises(RuntimeError, match="dropout: p has to be between 0 and 1, but got nan"):
+        module(torch.randn(3))
+
+
+@pytest.mark.parametrize("p,error", [
+    ("0.5", TypeError), (None, TypeError), (0.5j, TypeError), (torch.tensor([0.5]), TypeError),
+    (torch.tensor([0.5, 0.2]), RuntimeError),
+], ids=["str", "none", "complex", "one_element_1d_tensor", "two_element_tensor"])
+def test_probability_that_is_not_a_real_scalar_raises_like_torch(p, error):
+    with pytest.raises(error):
+        F.dropout(torch.randn(3), p)
+    with pytest.raises(error, match="dropout: p must be"):
+        dropout(torch.randn(3), p)
+
+
+@pytest.mark.parametrize("p,as_float", [
+    (True, 1.0), (np.float32(0.25), 0.25), (np.int64(1), 1.0), (torch.tensor(0.25), 0.25), (torch.tensor(0.0), 0.0),
+], ids=["bool", "numpy_float", "numpy_int", "0d_tensor", "0d_tensor_zero"])
+def test_probability_as_any_real_scalar_torch_takes(device, p, as_float):
+    x = make_input((5, 8), device=device).detach()
+    assert F.dropout(x, p).shape == x.shape  # torch takes it too
+    assert torch.equal(seeded(dropout)(x, p), seeded(dropout)(x, as_float))
+
+
+@pytest.mark.parametrize("training", ["yes", None, 1, 0, torch.tensor(True), np.bool_(True)],
+                         ids=["str", "none", "int_one", "int_zero", "tensor", "numpy_bool"])
+def test_training_must_be_a_bool_like_torch(training):
+    with pytest.raises(TypeError, match="must be bool"):
+        F.dropout(torch.randn(3), 0.5, training)
+    with pytest.raises(TypeError, match="dropout: training must be bool"):
+        dropout(torch.randn(3), 0.5, training)
+    with pytest.raises(TypeError, match="dropout: training must be bool"):
+        dropout(torch.randn(0), 0.0, training)  # checked before the early returns, as in torch
+
+
+@pytest.mark.parametrize("inplace", ["yes", 1, None, 0])
+def test_inplace_takes_any_truthy_value_like_torch(device, inplace):
+    x = make_input((4, 6), device=device).detach()
+    target = x.clone()
+    out = seeded(dropout)(target, 0.5, True, inplace)
+    expected = seeded(dropout)(x, 0.5)
+    assert torch.equal(out, expected)
+    assert (out is target) == bool(inplace)
+    assert torch.equal(target, expected if inplace else x)
 
 
 def test_bad_inputs_name_the_argument():
     with pytest.raises(TypeError, match="dropout: input must be a torch.Tensor"):
         dropout(np.ones(3), 0.5)
-    with pytest.raises(RuntimeError, match="dropout: input must be a floating-point tensor in training mode"):
-        dropout(torch.ones(3, dtype=torch.int64), 0.5)
-    with pytest.raises(RuntimeError):  # torch's type for the same call
-        F.dropout(torch.ones(3, dtype=torch.int64), 0.5)
+    with pytest.raises(TypeError):
+        F.dropout(np.ones(3), 0.5)
+
+
+@pytest.mark.parametrize("dtype,p,error", [
+    (torch.int64, 0.5, RuntimeError), (torch.bool, 0.5, RuntimeError),
+    (torch.int64, 1.0, NotImplementedError), (torch.bool, 1.0, NotImplementedError),
+    (torch.complex64, 0.5, NotImplementedError), (torch.complex64, 1.0, NotImplementedError),
+], ids=["int", "bool", "int_p_one", "bool_p_one", "complex", "complex_p_one"])
+def test_non_floating_inputs_in_training(dtype, p, error):
+    x = torch.ones(3, dtype=dtype)
+    if error is NotImplementedError and p == 1.0:
+        # torch multiplies by a zero mask; we do not compute non-floating dropout.
+        assert not F.dropout(x, p).any()
+    else:
+        with pytest.raises(error):
+            F.dropout(x, p)
+    with pytest.raises(error, match=f"dropout: input .*{dtype}"):
+        dropout(x, p)
+    # Outside training, with p = 0 or an empty tensor, both return the input, whatever its dtype.
+    assert dropout(x, p, training=False) is x and dropout(x, 0.0) is x
+    assert dropout(torch.ones(0, dtype=dtype), p) is not None
 
 
 # ------------------------------------------------------------------------------------------------

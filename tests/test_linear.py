@@ -211,6 +211,72 @@ def test_input_is_copied_only_when_the_leading_dims_do_not_merge(device, view, c
     assert (seen[0] != x.data_ptr()) == copied
 
 
+# Views of the parameters and the input, each built from a leaf of its own shape: the kernels
+# read every operand by its strides (stride 0 included), and gradients flow back through the view.
+OPERAND_VIEWS = {
+    "bias_strided": ([(5, 7), (3, 7), (6,)], lambda x, w, b: (x, w, b[::2])),
+    "bias_expanded_stride_0": ([(5, 7), (3, 7), ()], lambda x, w, b: (x, w, b.expand(3))),
+    "bias_0d": ([(5, 7), (3, 7), ()], lambda x, w, b: (x, w, b)),
+    "bias_one_element": ([(5, 7), (3, 7), (1,)], lambda x, w, b: (x, w, b)),
+    "weight_transposed": ([(5, 7), (7, 3), (3,)], lambda x, w, b: (x, w.t(), b)),
+    "weight_sliced": ([(5, 7), (3, 14), (3,)], lambda x, w, b: (x, w[:, ::2], b)),
+    "weight_expanded_stride_0": ([(5, 7), (1, 7), (3,)], lambda x, w, b: (x, w.expand(3, 7), b)),
+    "input_expanded_stride_0": ([(1, 7), (3, 7), (3,)], lambda x, w, b: (x.expand(5, 7), w, b)),
+    "input_3d_expanded_stride_0": ([(7,), (3, 7), (3,)], lambda x, w, b: (x.expand(2, 5, 7), w, b)),
+}
+
+
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("view", OPERAND_VIEWS)
+def test_operand_views_match_torch(device, view, activation):
+    shapes, make_operands = OPERAND_VIEWS[view]
+    leaves = [torch.randn(shape, device=device) for shape in shapes]
+    results = []
+    for fn in (linear, torch_linear):
+        copies = [t.clone().requires_grad_() for t in leaves]
+        y = fn(*make_operands(*copies), activation=activation)
+        upstream = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+        results.append((y, torch.autograd.grad(y, copies, upstream)))
+    (y, grads), (y_expected, grads_expected) = results
+    assert_close(y, y_expected, name="forward")
+    for name, g, expected in zip(("input", "weight", "bias"), grads, grads_expected):
+        assert_close(g, expected, name=f"gradient of the {name} leaf")
+
+
+def test_module_with_non_contiguous_parameters_matches_torch(device):
+    theirs = torch.nn.Linear(7, 3).to(device)
+    theirs.weight = torch.nn.Parameter(torch.randn(7, 3, device=device).t())
+    theirs.bias = torch.nn.Parameter(torch.randn(6, device=device)[::2])
+    ours = Linear(7, 3, device=device)
+    ours.weight, ours.bias = theirs.weight, theirs.bias
+    assert not ours.weight.is_contiguous() and not ours.bias.is_contiguous()
+    x = torch.randn(2, 5, 7, device=device)
+    upstream = torch.randn(2, 5, 3, device=device)
+    y = ours(x)
+    grads = torch.autograd.grad(y, (ours.weight, ours.bias), upstream)
+    y_expected = theirs(x)
+    expected = torch.autograd.grad(y_expected, (theirs.weight, theirs.bias), upstream)
+    assert_close(y, y_expected)
+    assert_close(grads[0], expected[0], name="dweight")
+    assert_close(grads[1], expected[1], name="dbias")
+
+
+@pytest.mark.parametrize("shape,bias", [
+    ((5,), False), ((5,), True), ((3, 5), False), ((0, 5), False), ((2, 3, 5), False), ((2, 3, 5), True),
+], ids=["1d", "1d_bias", "2d", "no_rows", "3d", "3d_bias"])
+def test_one_dimensional_weight_is_torchs_matrix_vector_form(device, shape, bias):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    w = torch.randn(shape[-1], device=device, requires_grad=True)
+    b = torch.tensor(0.5, device=device, requires_grad=True) if bias else None
+    out = assert_matches(linear, {"torch": F.linear}, x, w, b)
+    assert out.shape == shape[:-1]
+
+
+def test_gradcheck_one_dimensional_weight(device):
+    x, w, b = torch.randn(2, 3, 5, device=device), torch.randn(5, device=device), torch.tensor(0.5, device=device)
+    assert_gradcheck(linear, x.requires_grad_(), w.requires_grad_(), b.requires_grad_(), activation="gelu")
+
+
 def test_non_contiguous_weight_and_bias(device):
     x, _, _ = CONFIGS[2].tensors(device)
     w = torch.randn(70, 17, device=device).t().requires_grad_()  # (17, 70), column-major
@@ -226,6 +292,17 @@ def test_expanded_upstream_gradient(device):
     F.gelu(F.linear(xr, wr, br)).sum().backward()
     for ours, theirs, name in ((x.grad, xr.grad, "dx"), (w.grad, wr.grad, "dweight"), (b.grad, br.grad, "dbias")):
         assert_close(ours, theirs, name=name)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_relu_epilogue_passes_the_gradient_where_z_is_nan_like_torch(device):
+    # torch's ReLU backward tests y <= 0, so the gradient passes where z is nan: here a whole
+    # row of z, whose dx row and contributions to dweight and dbias must then be finite as in torch.
+    x, w, b = CONFIGS[2].tensors(device)
+    x = x.detach().clone()
+    x[1, 2] = float("nan")
+    out = assert_matches(linear, {"torch": torch_linear}, x.requires_grad_(), w, b, activation="relu")
+    assert out[1].isnan().all()
 
 
 @pytest.mark.parametrize("trainable", ["weight", "bias", "input"])
@@ -297,6 +374,32 @@ def test_module_fused_activation(device, activation):
     assert f"activation='{activation}'" in repr(ours)
 
 
+@pytest.mark.parametrize("sizes", [(-1, 3), (3, -1)])
+def test_module_rejects_negative_sizes_like_torch(sizes):
+    with pytest.raises(RuntimeError, match="negative dimension -1"):
+        torch.nn.Linear(*sizes)
+    with pytest.raises(RuntimeError, match="negative dimension -1"):
+        Linear(*sizes)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op:UserWarning")
+@pytest.mark.parametrize("sizes", [(0, 3), (3, 0)])
+def test_module_with_a_zero_size_matches_torch(device, sizes):
+    theirs = torch.nn.Linear(*sizes).to(device)
+    ours = Linear(*sizes, device=device)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(2, sizes[0], device=device)
+    assert_close(ours(x), theirs(x))
+
+
+def test_module_shape_mismatch_raises_like_the_functional():
+    x = torch.randn(2, 6)
+    with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+        torch.nn.Linear(5, 4)(x)
+    with pytest.raises(RuntimeError, match=r"linear: the last dim of input \(6\) must equal weight's in_features"):
+        Linear(5, 4)(x)
+
+
 def test_module_rejects_an_unknown_activation():
     with pytest.raises(ValueError, match="activation must be one of None, 'relu', 'gelu', 'gelu_tanh'"):
         Linear(3, 4, activation="tanh")
@@ -311,17 +414,32 @@ def test_autocast_casts_like_torch(device):
     assert_close(ours, torch_linear_in_float32(x.bfloat16(), w.bfloat16(), b.bfloat16(), activation="gelu"))
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize("activation", [None, "gelu"])
-@pytest.mark.parametrize("shape,out_features", [((0, 5), 4), ((2, 0, 5), 4), ((3, 0), 4), ((2, 3, 0), 4), ((3, 5), 0)],
-                         ids=["no_rows", "no_rows_3d", "no_in_features", "no_in_features_3d", "no_out_features"])
-def test_empty_inputs(device, shape, out_features, activation):
+@pytest.mark.parametrize("shape,out_features", [
+    ((0, 5), 4), ((2, 0, 5), 4), ((3, 0), 4), ((2, 3, 0), 4), ((0,), 4), ((3, 5), 0), ((0, 0), 0),
+], ids=["no_rows", "no_rows_3d", "no_in_features", "no_in_features_3d", "unbatched_no_in_features",
+        "no_out_features", "all_empty"])
+def test_empty_inputs(device, shape, out_features, activation, bias):
     x = torch.randn(shape, device=device, requires_grad=True)
     w = torch.randn(out_features, shape[-1], device=device, requires_grad=True)
-    b = torch.randn(out_features, device=device, requires_grad=True)
+    b = torch.randn(out_features, device=device, requires_grad=True) if bias else None
     # With no in_features the output is act(bias) on every row, and db sums the rows' gradients.
     out = assert_matches(linear, {"torch": torch_linear, "reference": reference.linear}, x, w, b,
                          activation=activation)
     assert out.shape == (*shape[:-1], out_features)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_torch_sample_inputs_match_torch(device, dtype):
+    # torch's own OpInfo samples for F.linear: 1-D, empty and 5-D inputs, with and without bias.
+    from torch.testing._internal.common_methods_invocations import op_db
+
+    op = next(op for op in op_db if op.name == "nn.functional.linear")
+    samples = list(op.sample_inputs(device, dtype, requires_grad=True))
+    assert len(samples) > 10
+    for sample in samples:
+        assert_matches(linear, {"torch": F.linear}, sample.input, *sample.args, **sample.kwargs)
 
 
 def test_reference_backend_routes_to_the_reference(device, monkeypatch):
@@ -339,14 +457,14 @@ def test_float32_dot_precision_follows_the_cuda_matmul_tf32_flag(monkeypatch):
     from tritonprop.kernels import _common
 
     monkeypatch.setattr(backend, "interpreting", lambda: False)
-    cudnn_flag = torch.backends.cudnn.allow_tf32
-    try:
-        for flag, expected in ((True, "tf32"), (False, "ieee")):
-            torch.backends.cuda.matmul.allow_tf32 = flag
-            torch.backends.cudnn.allow_tf32 = not flag  # the conv flag must not matter here
+    cudnn = torch.backends.cudnn
+    for flag, expected in ((True, "tf32"), (False, "ieee")):
+        torch.backends.cuda.matmul.allow_tf32 = flag
+        # The conv flag must not matter here. Set through `flags()`, which also works once torch's
+        # test utilities (imported for the OpInfo samples) have frozen direct assignment.
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=not flag):
             assert _common.dot_options(torch.float32, K._allow_tf32())["INPUT_PRECISION"] == expected
-    finally:
-        torch.backends.cudnn.allow_tf32 = cudnn_flag
 
 
 # ------------------------------------------------------------------------------------------------
@@ -360,11 +478,14 @@ def test_float32_dot_precision_follows_the_cuda_matmul_tf32_flag(monkeypatch):
      r"\(6x6 and 5x4\)"),
     ("weight_3d", RuntimeError, r"expected weight to be 2-D \(out_features, in_features\), but got weight of size "
                                 r"\[4, 5, 1\]"),
-    ("weight_1d", NotImplementedError, "a 1-D weight .* is not implemented"),
+    ("weight_1d_size", RuntimeError, r"last dim of input \(5\) must equal the size of the 1-D weight \(4\)"),
+    ("weight_1d_bias_2d_input", RuntimeError, "this bias beside a 1-D weight takes torch's fused path"),
+    ("weight_1d_bias_broadcast", NotImplementedError, r"a bias of size \[3\] beside a 1-D weight is not implemented"),
     ("input_0d", RuntimeError, "need to be at least 1D, but input is 0-D"),
     ("bias_size", RuntimeError,
      r"expected bias to be 1-D with 4 \(out_features\) elements, but got bias of size \[3\]"),
-    ("bias_broadcast", NotImplementedError, r"a bias of size \[1\] broadcast against the output is not implemented"),
+    ("bias_broadcast", NotImplementedError, r"a bias of size \[1, 4\] broadcast against the output is not "
+                                            "implemented"),
     ("integer_input", NotImplementedError, "input has dtype torch.int64; only floating-point linear is implemented"),
     ("integer_weight", NotImplementedError, "weight has dtype torch.int32"),
     ("weight_dtype_mismatch", RuntimeError, "expected input and weight to have the same dtype, but got: "
@@ -380,14 +501,19 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs["input"] = torch.randn(2, 3, 6)
     elif case == "weight_3d":
         kwargs["weight"] = w[..., None]
-    elif case == "weight_1d":
-        kwargs.update(weight=torch.randn(5), bias=None)
+    elif case == "weight_1d_size":
+        kwargs.update(weight=torch.randn(4), bias=None)
+    elif case == "weight_1d_bias_2d_input":
+        kwargs.update(input=torch.randn(3, 5), weight=torch.randn(5), bias=torch.tensor(0.5))
+    elif case == "weight_1d_bias_broadcast":
+        # torch adds this bias after its matmul (a non-contiguous input skips its fused path).
+        kwargs.update(input=torch.randn(2, 5, 3).transpose(1, 2), weight=torch.randn(5), bias=torch.randn(3))
     elif case == "input_0d":
         kwargs["input"] = torch.tensor(1.0)
     elif case == "bias_size":
         kwargs["bias"] = torch.randn(3)
     elif case == "bias_broadcast":
-        kwargs["bias"] = torch.randn(1)
+        kwargs["bias"] = torch.randn(1, 4)
     elif case == "integer_input":
         kwargs["input"] = x.long()
     elif case == "integer_weight":
