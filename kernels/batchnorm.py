@@ -75,17 +75,21 @@ def _split_program_id(num_o_blocks, num_i_parts):
 
 
 @triton.jit
-def _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C, HAS_WEIGHT: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    """Per-channel mean, invstd, weight and bias as [BLOCK_C] vectors; absent weight and bias act as 1 and 0."""
+def _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, stride_weight, stride_bias, c, C,
+                    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """Per-channel mean, invstd, weight and bias as [BLOCK_C] vectors; absent weight and bias act as 1 and 0.
+
+    weight and bias are read by their strides: a strided view or an expanded (stride-0) parameter is
+    read in place.
+    """
     mean = tl.load(mean_ptr + c, mask=c < C, other=0.0)
     invstd = tl.load(invstd_ptr + c, mask=c < C, other=0.0)
     if HAS_WEIGHT:
-        w = tl.load(weight_ptr + c, mask=c < C, other=1.0).to(ACC_DTYPE)
+        w = tl.load(weight_ptr + c.to(tl.int64) * stride_weight, mask=c < C, other=1.0).to(ACC_DTYPE)
     else:
         w = tl.full(c.shape, 1.0, ACC_DTYPE)
     if HAS_BIAS:
-        b = tl.load(bias_ptr + c, mask=c < C, other=0.0).to(ACC_DTYPE)
+        b = tl.load(bias_ptr + c.to(tl.int64) * stride_bias, mask=c < C, other=0.0).to(ACC_DTYPE)
     else:
         b = tl.zeros(c.shape, ACC_DTYPE)
     return mean, invstd, w, b
@@ -156,7 +160,7 @@ def batch_norm_partial_stats_kernel(
 def batch_norm_merge_stats_kernel(
     part_mean_ptr, part_m2_ptr, part_count_ptr,
     mean_ptr, invstd_ptr, running_mean_ptr, running_var_ptr,
-    P, C, eps, momentum,
+    P, C, eps, momentum, stride_running_mean, stride_running_var,
     UPDATE_RUNNING: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
@@ -190,23 +194,29 @@ def batch_norm_merge_stats_kernel(
     tl.store(mean_ptr + c, mean, mask=c_mask)
     tl.store(invstd_ptr + c, 1.0 / tl.sqrt(var + eps), mask=c_mask)
     if UPDATE_RUNNING:
-        running_mean = tl.load(running_mean_ptr + c, mask=c_mask).to(ACC_DTYPE)
-        running_var = tl.load(running_var_ptr + c, mask=c_mask).to(ACC_DTYPE)
+        # Updated in place by their strides: a strided view of a buffer is written where it lies.
+        running_mean_offsets = c.to(tl.int64) * stride_running_mean
+        running_var_offsets = c.to(tl.int64) * stride_running_var
+        running_mean = tl.load(running_mean_ptr + running_mean_offsets, mask=c_mask).to(ACC_DTYPE)
+        running_var = tl.load(running_var_ptr + running_var_offsets, mask=c_mask).to(ACC_DTYPE)
         running_mean = (1.0 - momentum) * running_mean + momentum * mean
         running_var = (1.0 - momentum) * running_var + momentum * (m2 / tl.maximum(count - 1.0, 1.0))
-        tl.store(running_mean_ptr + c, running_mean.to(running_mean_ptr.dtype.element_ty), mask=c_mask)
-        tl.store(running_var_ptr + c, running_var.to(running_var_ptr.dtype.element_ty), mask=c_mask)
+        tl.store(running_mean_ptr + running_mean_offsets, running_mean.to(running_mean_ptr.dtype.element_ty),
+                 mask=c_mask)
+        tl.store(running_var_ptr + running_var_offsets, running_var.to(running_var_ptr.dtype.element_ty),
+                 mask=c_mask)
 
 
 @triton.jit
 def batch_norm_eval_stats_kernel(running_mean_ptr, running_var_ptr, mean_ptr, invstd_ptr, C, eps,
+                                 stride_running_mean, stride_running_var,
                                  BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr):
     # Eval mode normalizes with the running statistics; this puts them in the same
     # (mean, invstd) form that the training path produces, in the accumulator dtype.
     c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = c < C
-    mean = tl.load(running_mean_ptr + c, mask=mask).to(ACC_DTYPE)
-    var = tl.load(running_var_ptr + c, mask=mask, other=1.0).to(ACC_DTYPE)
+    mean = tl.load(running_mean_ptr + c.to(tl.int64) * stride_running_mean, mask=mask).to(ACC_DTYPE)
+    var = tl.load(running_var_ptr + c.to(tl.int64) * stride_running_var, mask=mask, other=1.0).to(ACC_DTYPE)
     tl.store(mean_ptr + c, mean, mask=mask)
     tl.store(invstd_ptr + c, 1.0 / tl.sqrt(var + eps), mask=mask)
 
@@ -217,6 +227,7 @@ def batch_norm_apply_kernel(
     O, I, C,
     stride_xo, stride_xi, stride_xc,
     stride_yo, stride_yi, stride_yc,
+    stride_weight, stride_bias,
     num_o_blocks, num_i_tiles,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FUSE_RELU: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -226,8 +237,8 @@ def batch_norm_apply_kernel(
 
     o, i, c, mask = _tile_indices(o_block * BLOCK_O, i_tile * BLOCK_I, c_block * BLOCK_C, O, I, C,
                                   BLOCK_O, BLOCK_I, BLOCK_C)
-    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C,
-                                         HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
+    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, stride_weight, stride_bias,
+                                         c, C, HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
 
     x = tl.load(x_ptr + _tile_offsets(o, i, c, stride_xo, stride_xi, stride_xc), mask=mask, other=0.0)
     _, z = _normalize(x.to(ACC_DTYPE), mean, invstd, w, b)
@@ -249,6 +260,7 @@ def batch_norm_backward_partial_kernel(
     O, I, C,
     stride_xo, stride_xi, stride_xc,
     stride_dyo, stride_dyi, stride_dyc,
+    stride_weight, stride_bias,
     num_o_blocks, num_i_chunks, tiles_per_chunk, num_i_tiles,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FUSE_RELU: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -257,8 +269,8 @@ def batch_norm_backward_partial_kernel(
     c_block, o_block, i_chunk = _split_program_id(num_o_blocks, num_i_chunks)
 
     c = c_block * BLOCK_C + tl.arange(0, BLOCK_C)
-    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C,
-                                         HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
+    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, stride_weight, stride_bias,
+                                         c, C, HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
 
     first_tile = i_chunk * tiles_per_chunk
     tiles_here = tl.minimum(tiles_per_chunk, num_i_tiles - first_tile)
@@ -313,6 +325,7 @@ def batch_norm_backward_input_kernel(
     stride_xo, stride_xi, stride_xc,
     stride_dyo, stride_dyi, stride_dyc,
     stride_dxo, stride_dxi, stride_dxc,
+    stride_weight, stride_bias,
     num_o_blocks, num_i_tiles,
     TRAINING: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, FUSE_RELU: tl.constexpr,
     BLOCK_O: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -321,8 +334,8 @@ def batch_norm_backward_input_kernel(
 
     o, i, c, mask = _tile_indices(o_block * BLOCK_O, i_tile * BLOCK_I, c_block * BLOCK_C, O, I, C,
                                   BLOCK_O, BLOCK_I, BLOCK_C)
-    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, c, C,
-                                         HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
+    mean, invstd, w, b = _channel_params(mean_ptr, invstd_ptr, weight_ptr, bias_ptr, stride_weight, stride_bias,
+                                         c, C, HAS_WEIGHT, HAS_BIAS, ACC_DTYPE)
 
     x = tl.load(x_ptr + _tile_offsets(o, i, c, stride_xo, stride_xi, stride_xc), mask=mask, other=0.0)
     dy = tl.load(dy_ptr + _tile_offsets(o, i, c, stride_dyo, stride_dyi, stride_dyc), mask=mask, other=0.0)
@@ -449,6 +462,11 @@ def _suggest_memory_format(x):
     return torch.contiguous_format
 
 
+def _strides(*vectors):
+    """The element stride of each per-channel vector (weight, bias, running stats); 0 for an absent one."""
+    return tuple(v.stride(0) if v is not None else 0 for v in vectors)
+
+
 def _block_kwargs(layout):
     block_o, block_i, block_c = layout.tiles
     # Not autotuned: each tile shape would multiply compile time on a fresh GPU machine, and
@@ -504,19 +522,20 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
         batch_norm_merge_stats_kernel[grid](
             part_mean, part_m2, part_count, mean, invstd,
             running_mean if update else mean, running_var if update else invstd,
-            P, C, eps, momentum,
+            P, C, eps, momentum, *_strides(running_mean, running_var),
             UPDATE_RUNNING=update, BLOCK_P=_partials_block(P, block_c), BLOCK_C=block_c, ACC_DTYPE=acc,
         )
     else:
         block_c, grid = _channel_blocks(C)
         batch_norm_eval_stats_kernel[grid](
-            running_mean, running_var, mean, invstd, C, eps, BLOCK_C=block_c, ACC_DTYPE=acc,
+            running_mean, running_var, mean, invstd, C, eps, *_strides(running_mean, running_var),
+            BLOCK_C=block_c, ACC_DTYPE=acc,
         )
 
     batch_norm_apply_kernel[layout.tile_grid](
         x, y, mean, invstd,
         weight if weight is not None else mean, bias if bias is not None else mean,
-        layout.O, layout.I, C, sxo, sxi, sxc, syo, syi, syc,
+        layout.O, layout.I, C, sxo, sxi, sxc, syo, syi, syc, *_strides(weight, bias),
         layout.num_o_blocks, layout.num_i_tiles,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, FUSE_RELU=fuse_relu,
         **_block_kwargs(layout), ACC_DTYPE=acc,
@@ -565,7 +584,7 @@ def backward(dy, x, weight, bias, mean, invstd, training, fuse_relu=False,
         part_sum_dy_xhat = torch.empty_like(part_sum_dy)
         batch_norm_backward_partial_kernel[(layout.num_c_blocks * P,)](
             x, dy, mean, invstd, weight_arg, bias_arg, part_sum_dy, part_sum_dy_xhat,
-            layout.O, layout.I, C, sxo, sxi, sxc, sdyo, sdyi, sdyc,
+            layout.O, layout.I, C, sxo, sxi, sxc, sdyo, sdyi, sdyc, *_strides(weight, bias),
             layout.num_o_blocks, num_i_chunks, tiles_per_chunk, layout.num_i_tiles,
             **flags, **_block_kwargs(layout), ACC_DTYPE=acc,
         )
@@ -584,7 +603,7 @@ def backward(dy, x, weight, bias, mean, invstd, training, fuse_relu=False,
         batch_norm_backward_input_kernel[layout.tile_grid](
             x, dy, dx, mean, invstd, weight_arg, bias_arg, sum_dy, sum_dy_xhat,
             layout.O, layout.I, C, 1.0 / layout.count,
-            sxo, sxi, sxc, sdyo, sdyi, sdyc, sdxo, sdxi, sdxc,
+            sxo, sxi, sxc, sdyo, sdyi, sdyc, sdxo, sdxi, sdxc, *_strides(weight, bias),
             layout.num_o_blocks, layout.num_i_tiles,
             TRAINING=training, **flags, **_block_kwargs(layout), ACC_DTYPE=acc,
         )

@@ -53,7 +53,7 @@ def conv2d_forward_kernel(
     M, H, W, Ho, Wo, R, S, Cg, Kg,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wc, stride_wr, stride_ws,
-    stride_yn, stride_yk, stride_yh, stride_yw,
+    stride_yn, stride_yk, stride_yh, stride_yw, stride_b,
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -94,18 +94,19 @@ def conv2d_forward_kernel(
                 acc = dot_accumulate(a, b, acc, INPUT_PRECISION, UPCAST_OPERANDS)
 
     _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_ok,
-                           stride_yn, stride_yk, stride_yh, stride_yw,
+                           stride_yn, stride_yk, stride_yh, stride_yw, stride_b,
                            HAS_BIAS, ACTIVATION, STORE_PREACTIVATION, ACC_DTYPE)
 
 
 @triton.jit
 def _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_ok,
-                           stride_yn, stride_yk, stride_yh, stride_yw,
+                           stride_yn, stride_yk, stride_yh, stride_yw, stride_b,
                            HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACTIVATION: tl.constexpr,
                            ACC_DTYPE: tl.constexpr):
     """The epilogue of both forward kernels: z = acc + bias, y = act(z), stored at rows (n, oh, ow), columns k."""
     if HAS_BIAS:
-        acc += tl.load(b_ptr + k, mask=col_ok, other=0.0).to(ACC_DTYPE)[None, :]
+        # By its stride: a bias may be a strided view or an expanded (stride-0) tensor.
+        acc += tl.load(b_ptr + k.to(tl.int64) * stride_b, mask=col_ok, other=0.0).to(ACC_DTYPE)[None, :]
     out = acc
     if ACTIVATION == 1:
         out = relu(acc)
@@ -135,7 +136,7 @@ def conv2d_depthwise_forward_kernel(
     M, H, W, Ho, Wo, R, S, K, Kg,
     stride_xn, stride_xc, stride_xh, stride_xw,
     stride_wk, stride_wr, stride_ws,
-    stride_yn, stride_yk, stride_yh, stride_yw,
+    stride_yn, stride_yk, stride_yh, stride_yw, stride_b,
     conv_stride_h, conv_stride_w, pad_h, pad_w, dil_h, dil_w,
     HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, STORE_PREACTIVATION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -160,7 +161,7 @@ def conv2d_depthwise_forward_kernel(
             acc += x.to(ACC_DTYPE) * w.to(ACC_DTYPE)[None, :]
 
     _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_ok,
-                           stride_yn, stride_yk, stride_yh, stride_yw,
+                           stride_yn, stride_yk, stride_yh, stride_yw, stride_b,
                            HAS_BIAS, ACTIVATION, STORE_PREACTIVATION, ACC_DTYPE)
 
 
@@ -472,18 +473,19 @@ def forward(x, weight, bias, stride, padding, dilation, groups, output_size, act
     epilogue = dict(HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[activation], STORE_PREACTIVATION=z is not None,
                     ACC_DTYPE=accumulator_dtype(x.dtype))
     pointers = (x, weight, bias if bias is not None else weight, y, z if z is not None else y)
+    stride_b = bias.stride(0) if bias is not None else 0
     if is_depthwise(weight):
         block_m, block_c = 64, _block(K, 1, 32)
         conv2d_depthwise_forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(K, block_c))](
             *pointers, M, H, W, Ho, Wo, R, S, K, Kg,
-            *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(), *geometry,
+            *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(), stride_b, *geometry,
             **epilogue, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4,
         )
         return y, saved
     block_m, block_n, block_k = 64, _block(Kg, 16, 128), _block(Cg, 16, 64)
     conv2d_forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(Kg, block_n), groups)](
         *pointers, M, H, W, Ho, Wo, R, S, Cg, Kg,
-        *x.stride(), *weight.stride(), *y.stride(), *geometry,
+        *x.stride(), *weight.stride(), *y.stride(), stride_b, *geometry,
         **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         **dot_options(x.dtype, _allow_tf32()), num_warps=4,
     )

@@ -66,10 +66,13 @@ def _tile(row_offsets, row_mask, col_start, N, stride_col, BLOCK_N: tl.constexpr
 
 
 @triton.jit
-def _column_param(param_ptr, cols, N, default, HAS_PARAM: tl.constexpr, ACC_DTYPE: tl.constexpr):
-    """weight or bias at `cols` as a [BLOCK_N] vector; an absent one acts as the constant `default`."""
+def _column_param(param_ptr, stride_param, cols, N, default, HAS_PARAM: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """weight or bias at `cols` as a [BLOCK_N] vector; an absent one acts as the constant `default`.
+
+    The parameter is read by its stride, so a strided or expanded (stride-0) one needs no copy.
+    """
     if HAS_PARAM:
-        return tl.load(param_ptr + cols, mask=cols < N, other=default).to(ACC_DTYPE)
+        return tl.load(param_ptr + cols.to(tl.int64) * stride_param, mask=cols < N, other=default).to(ACC_DTYPE)
     return tl.full(cols.shape, default, ACC_DTYPE)
 
 
@@ -84,6 +87,7 @@ def layer_norm_forward_kernel(
     M, N, rows_inner, eps,
     stride_x_outer, stride_x_inner, stride_x_col,
     stride_y_outer, stride_y_inner, stride_y_col,
+    stride_weight, stride_bias,
     HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
@@ -114,8 +118,8 @@ def layer_norm_forward_kernel(
     for col_start in range(0, N, BLOCK_N):
         cols, x_offsets, mask = _tile(x_rows, row_mask, col_start, N, stride_x_col, BLOCK_N)
         x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
-        w = _column_param(weight_ptr, cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
-        b = _column_param(bias_ptr, cols, N, 0.0, HAS_BIAS, ACC_DTYPE)
+        w = _column_param(weight_ptr, stride_weight, cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
+        b = _column_param(bias_ptr, stride_bias, cols, N, 0.0, HAS_BIAS, ACC_DTYPE)
         xhat = (x - mean[:, None]) * rstd[:, None]
         y = xhat * w[None, :] + b[None, :]
         _, y_offsets, _ = _tile(y_rows, row_mask, col_start, N, stride_y_col, BLOCK_N)
@@ -134,6 +138,7 @@ def layer_norm_backward_kernel(
     stride_x_outer, stride_x_inner, stride_x_col,
     stride_dy_outer, stride_dy_inner, stride_dy_col,
     stride_dx_outer, stride_dx_inner, stride_dx_col,
+    stride_weight,
     HAS_WEIGHT: tl.constexpr, COMPUTE_DX: tl.constexpr,
     COMPUTE_DWEIGHT: tl.constexpr, COMPUTE_DBIAS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -143,7 +148,7 @@ def layer_norm_backward_kernel(
     chunk = tl.program_id(0)
     col_start = tl.program_id(1) * BLOCK_N
     cols = col_start + tl.arange(0, BLOCK_N)
-    w = _column_param(weight_ptr, cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
+    w = _column_param(weight_ptr, stride_weight, cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
 
     sum_dy_xhat = tl.zeros([BLOCK_N], ACC_DTYPE)
     sum_dy = tl.zeros([BLOCK_N], ACC_DTYPE)
@@ -167,7 +172,7 @@ def layer_norm_backward_kernel(
                 _, dy_offsets, _ = _tile(dy_rows, row_mask, row_col_start, N, stride_dy_col, BLOCK_N)
                 x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
                 dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
-                row_w = _column_param(weight_ptr, row_cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
+                row_w = _column_param(weight_ptr, stride_weight, row_cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
                 # Masked positions have dy = 0, so they add nothing to either sum.
                 xhat = (x - mean[:, None]) * rstd[:, None]
                 wdy = dy * row_w[None, :]
@@ -275,6 +280,17 @@ def _block_kwargs(blocks):
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
 
 
+def _as_vectors(*params):
+    """Each parameter (normalized shape, any strides) as a vector of N elements, and its stride.
+
+    reshape is a view wherever the normalized dims share one stride: any 1-D parameter, strided or
+    expanded (stride 0), and a dense multi-dim one. Only a multi-dim parameter whose dims do not
+    merge is copied, and a parameter is small. An absent one stays None, with stride 0.
+    """
+    vectors = [p.reshape(-1) if p is not None else None for p in params]
+    return vectors, tuple(v.stride(0) if v is not None else 0 for v in vectors)
+
+
 def _rows_and_cols(x, normalized_ndim):
     split = x.dim() - normalized_ndim
     return math.prod(x.shape[:split]), math.prod(x.shape[split:])
@@ -289,7 +305,7 @@ def forward(x, normalized_ndim, weight, bias, eps, blocks=None):
     """Layer norm over the last `normalized_ndim` dims of `x`. Returns ``(y, mean, rstd)``.
 
     y is contiguous, as torch's is; mean and rstd hold one value per row, in fp32 (fp64 for fp64
-    x). weight and bias, when given, are contiguous with the normalized shape. ``blocks``
+    x). weight and bias, when given, have the normalized shape, with any strides. ``blocks``
     overrides (BLOCK_M, BLOCK_N) (tests use it to force several column blocks on small rows).
     """
     M, N = _rows_and_cols(x, normalized_ndim)
@@ -307,9 +323,10 @@ def forward(x, normalized_ndim, weight, bias, eps, blocks=None):
         axes = row_col_axes(x.shape, normalized_ndim, x.stride(), y.stride())
     rows_inner, (x_strides, y_strides) = axes
     blocks = blocks or plan_blocks(M, N)
+    (weight, bias), param_strides = _as_vectors(weight, bias)
     layer_norm_forward_kernel[(triton.cdiv(M, blocks[0]),)](
         x, y, weight if weight is not None else x, bias if bias is not None else x, mean, rstd,
-        M, N, rows_inner, eps, *x_strides, *y_strides,
+        M, N, rows_inner, eps, *x_strides, *y_strides, *param_strides,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
         **_block_kwargs(blocks), ACC_DTYPE=accumulator_dtype(x.dtype),
     )
@@ -359,9 +376,10 @@ def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, 
     part_dweight = torch.empty((P, N), device=x.device, dtype=acc_torch) if need_weight else mean
     part_dbias = torch.empty((P, N), device=x.device, dtype=acc_torch) if need_bias else mean
     acc = accumulator_dtype(x.dtype)
+    (weight_vector,), weight_stride = _as_vectors(weight)
     layer_norm_backward_kernel[(P, num_col_blocks)](
-        x, dy, dx if need_input else x, weight if weight is not None else x, mean, rstd, part_dweight, part_dbias,
-        M, N, rows_inner, row_blocks_per_chunk, *strides[0], *strides[1], *dx_strides,
+        x, dy, dx if need_input else x, weight_vector if weight is not None else x, mean, rstd, part_dweight,
+        part_dbias, M, N, rows_inner, row_blocks_per_chunk, *strides[0], *strides[1], *dx_strides, *weight_stride,
         HAS_WEIGHT=weight is not None, COMPUTE_DX=need_input, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
         **_block_kwargs(blocks), ACC_DTYPE=acc,
     )

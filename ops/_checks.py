@@ -1,6 +1,8 @@
 """Argument checks shared by the ops. Every message starts with the op and names the argument."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -24,12 +26,23 @@ def check_numel(op: str, name: str, tensor: torch.Tensor, expected: int, what: s
 
 
 def check_param_dtype(op: str, name: str, param: torch.Tensor, input_dtype: torch.dtype) -> None:
-    """Parameters match the input's dtype, or are float32 beside a float16/bfloat16 input (as torch allows)."""
-    check_floating(op, name, param)
+    """Parameters match the input's dtype, or are float32 beside a float16/bfloat16 input (as torch allows).
+
+    torch refuses any other parameter dtype, integer ones included, with a RuntimeError.
+    """
+    if not param.is_floating_point():
+        raise RuntimeError(f"{op}: {name} must be a floating-point tensor, got dtype {param.dtype}")
     if param.dtype == input_dtype or (input_dtype in _LOW_PRECISION and param.dtype == torch.float32):
         return
     allowed = f"{input_dtype}" + (" or torch.float32" if input_dtype in _LOW_PRECISION else "")
-    raise TypeError(f"{op}: {name} has dtype {param.dtype}, but input is {input_dtype}; expected {allowed}")
+    raise RuntimeError(f"{op}: {name} has dtype {param.dtype}, but input is {input_dtype}; expected {allowed}")
+
+
+def real_number(op: str, name: str, value) -> float:
+    """A float argument (eps, momentum) as torch parses one: any real number, or a one-element tensor."""
+    if isinstance(value, numbers.Real) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        return float(value)
+    raise TypeError(f"{op}: {name} must be a float, not {type(value).__name__}")
 
 
 def check_probability(op: str, name: str, p) -> float:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from tritonprop import backend
 from tritonprop.kernels import batchnorm as K
+from tritonprop.kernels.elementwise import has_internal_overlap
 from tritonprop.ops import _checks
+from tritonprop.ops.activations import activation_grad
 from tritonprop.ops.reference import batchnorm as reference
 
 OP = "batch_norm"
@@ -22,56 +23,106 @@ OP = "batch_norm"
 class BatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps, fuse_relu):
-        running = [running_mean, running_var]
-        scratch = [r.contiguous() if r is not None else None for r in running]
-        y, mean, invstd = K.forward(input, weight, bias, scratch[0], scratch[1], training, momentum, eps, fuse_relu)
-        if training:
-            # The kernel updated the contiguous copies of non-contiguous running stats in place.
-            for r, s in zip(running, scratch):
-                if r is not None and s.data_ptr() != r.data_ptr():
-                    r.copy_(s)
+        # The kernels read weight, bias and the running stats by their strides and update the
+        # running stats in place, so nothing here is copied.
+        y, mean, invstd = K.forward(input, weight, bias, running_mean, running_var, training, momentum, eps, fuse_relu)
         ctx.save_for_backward(input, weight, bias, mean, invstd)
         ctx.training = training
+        ctx.eps = eps
         ctx.fuse_relu = fuse_relu
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         input, weight, bias, mean, invstd = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        dx, dweight, dbias = K.backward(
-            dy, input, weight, bias, mean, invstd, ctx.training, ctx.fuse_relu,
-            need_input=need_input, need_weight=need_weight, need_bias=need_bias,
-        )
-        return dx, dweight, dbias, None, None, None, None, None, None
+        # Grad mode is on inside backward exactly when the caller asked for create_graph=True.
+        if torch.is_grad_enabled():
+            dx, dweight, dbias = _differentiable_backward(ctx, dy, input, weight, bias, mean, invstd)
+        else:
+            dx, dweight, dbias = K.backward(
+                dy, input, weight, bias, mean, invstd, ctx.training, ctx.fuse_relu,
+                need_input=need_input, need_weight=need_weight, need_bias=need_bias,
+            )
+        return (dx if need_input else None, dweight if need_weight else None, dbias if need_bias else None,
+                None, None, None, None, None, None)
+
+
+def _differentiable_backward(ctx, dy, input, weight, bias, mean, invstd):
+    """(dx, dweight, dbias) in torch ops that autograd can differentiate again, for create_graph=True.
+
+    In training the batch statistics depend on the input, so they are recomputed from the saved
+    input (the kernel's mean and invstd carry no graph). In eval they are the running statistics,
+    constants, so the kernel's are used. The formulas are those of the backward kernels, in the
+    accumulator dtype; with ``fuse_relu`` the ReLU mask comes from the recomputed pre-activation.
+    """
+    acc = mean.dtype
+    reduce_dims = [0, *range(2, input.dim())]
+    channel_shape = [1, -1] + [1] * (input.dim() - 2)
+    x = input.to(acc)
+    if ctx.training:
+        mean = x.mean(reduce_dims, keepdim=True)
+        invstd = torch.rsqrt((x - mean).square().mean(reduce_dims, keepdim=True) + ctx.eps)
+    else:
+        mean, invstd = mean.view(channel_shape), invstd.view(channel_shape)
+    xhat = (x - mean) * invstd
+    scale = weight.to(acc).view(channel_shape) if weight is not None else None
+    g = dy.to(acc)
+    if ctx.fuse_relu:
+        z = xhat * scale if scale is not None else xhat
+        z = z + bias.to(acc).view(channel_shape) if bias is not None else z
+        g = activation_grad(g, z, "relu")
+    dbias = g.sum(reduce_dims).to(bias.dtype) if bias is not None else None
+    dweight = (g * xhat).sum(reduce_dims).to(weight.dtype) if weight is not None else None
+    if ctx.training:
+        g = g - g.mean(reduce_dims, keepdim=True) - xhat * (g * xhat).mean(reduce_dims, keepdim=True)
+    dx = g * invstd
+    dx = dx * scale if scale is not None else dx
+    return dx.to(input.dtype), dweight, dbias
 
 
 def _validate(input, running_mean, running_var, weight, bias, training):
+    """torch's checks of the tensor arguments, with its exception types; returns the channel count."""
     _checks.check_tensor(OP, "input", input)
-    _checks.check_floating(OP, "input", input)
-    if input.dim() < 2:
-        raise ValueError(f"{OP}: input must have at least 2 dims (N, C, ...), got shape {tuple(input.shape)}")
+    if not input.is_floating_point():
+        raise NotImplementedError(f"{OP}: input of dtype {input.dtype} is not supported; tritonprop's {OP} "
+                                  "takes floating-point tensors, as torch's does")
+    # torch counts no channels in an input of fewer than 2 dims: an empty one is normalized, a
+    # non-empty one refused below, after the parameter checks (which are torch's order).
+    channels = input.shape[1] if input.dim() > 1 else 0
     if training:
-        values_per_channel = input.shape[0] * math.prod(input.shape[2:])
-        if values_per_channel == 1:
+        values_per_channel = math.prod(input.shape[:1]) * math.prod(input.shape[2:])
+        if values_per_channel == 1 and input.dim() > 0:
             # The same error, and type, as torch.nn.functional.batch_norm.
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     elif running_mean is None or running_var is None:
         missing = "running_mean" if running_mean is None else "running_var"
         raise RuntimeError(f"{OP}: {missing} must be defined in evaluation mode")
-    channels = input.shape[1]
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is None:
             continue
         _checks.check_tensor(OP, name, t)
         _checks.check_param_dtype(OP, name, t, input.dtype)
         _checks.check_numel(OP, name, t, channels, "one per channel of input")
+    if input.dim() < 2 and input.numel():
+        raise IndexError(f"{OP}: input must have at least 2 dims (N, C, ...), got shape {tuple(input.shape)}")
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{OP}: running_mean and running_var must both be given or both be None")
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if t is not None and t.requires_grad:
+        if t is None:
+            continue
+        if t.dim() != 1:
+            raise RuntimeError(f"{OP}: {name} must be 1-dimensional, got shape {tuple(t.shape)}")
+        if t.requires_grad:
             raise RuntimeError(f"{OP} is not differentiable with respect to {name}; it must not require grad")
+        if training and has_internal_overlap(t):
+            # torch writes such a buffer anyway, leaving whichever channel's update landed last in
+            # the shared element; that is no running statistic, so it is refused instead.
+            raise RuntimeError(
+                f"{OP}: {name} (shape {tuple(t.shape)}, strides {t.stride()}) has more than one element in a "
+                "single memory location, so the running statistics cannot be updated in place; clone() it first"
+            )
+    return channels
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1,
@@ -80,20 +131,26 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
     ``fuse_relu=True`` returns ``relu(batch_norm(...))`` from the same kernel.
     """
-    _validate(input, running_mean, running_var, weight, bias, training)
-    if not isinstance(momentum, (int, float)) or isinstance(momentum, bool):
-        raise TypeError(f"{OP}: momentum must be a float, not {type(momentum).__name__} (modules accept momentum=None)")
+    if not isinstance(training, bool):
+        raise TypeError(f"{OP}: training must be bool, not {type(training).__name__}")
+    momentum = _checks.real_number(OP, "momentum", momentum)
+    eps = _checks.real_number(OP, "eps", eps)
+    if training and eps <= 0:
+        raise ValueError(f"{OP}: eps must be positive during training, but got {eps}")
+    if eps < 0:
+        raise ValueError(f"{OP}: eps must be non-negative, but got {eps}")
+    channels = _validate(input, running_mean, running_var, weight, bias, training)
     if backend.use_reference():
         return reference.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                                     fuse_relu=fuse_relu)
     backend.check_devices(OP, input=input, running_mean=running_mean, running_var=running_var,
                           weight=weight, bias=bias)
-    if weight is not None:
-        weight = weight.contiguous()
-    if bias is not None:
-        bias = bias.contiguous()
-    return BatchNormFn.apply(input, weight, bias, running_mean, running_var, bool(training),
-                             float(momentum), float(eps), bool(fuse_relu))
+    # torch takes any parameter shape with one element per channel; the kernels take a vector.
+    weight = weight.reshape(channels) if weight is not None else None
+    bias = bias.reshape(channels) if bias is not None else None
+    x = input if input.dim() > 1 else input.reshape(0, 0)
+    y = BatchNormFn.apply(x, weight, bias, running_mean, running_var, training, momentum, eps, bool(fuse_relu))
+    return y if input.dim() > 1 else y.reshape(input.shape)
 
 
 class _TritonBatchNorm:

@@ -6,13 +6,15 @@ through them.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
-from torch.autograd.function import once_differentiable
 
 from tritonprop import backend
 from tritonprop.kernels import conv2d as K
 from tritonprop.ops import _checks
 from tritonprop.ops._autocast import cast_to_lower_precision
+from tritonprop.ops.activations import activation_grad
 from tritonprop.ops.reference import conv2d as reference
 
 OP = "conv2d"
@@ -23,33 +25,128 @@ class Conv2dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups, output_size, activation):
         y, saved = K.forward(x, weight, bias, stride, padding, dilation, groups, output_size, activation)
-        ctx.save_for_backward(x, weight, saved)
+        ctx.save_for_backward(x, weight, bias, saved)
         ctx.geometry = (stride, padding, dilation, groups)
+        ctx.output_size = output_size
         ctx.activation = activation
-        ctx.has_bias = bias is not None
         ctx.input_layout = K.output_layout(x, x)
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
-        x, weight, saved = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.geometry
+        x, weight, bias, saved = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        need_bias = need_bias and bias is not None
+        # Grad mode is on inside backward exactly when the caller asked for create_graph=True.
+        if torch.is_grad_enabled():
+            return (*_differentiable_backward(ctx, dy, x, weight, bias, need_input, need_weight, need_bias),
+                    None, None, None, None, None, None)
+        stride, padding, dilation, groups = ctx.geometry
         dz = K.activation_backward(dy, saved, ctx.activation) if ctx.activation else dy
         dx = dweight = dbias = None
         if need_input:
             dx = K.backward_input(dz, weight, x.shape, stride, padding, dilation, groups, ctx.input_layout)
-        if need_weight or (need_bias and ctx.has_bias):
+        if need_weight or need_bias:
             dweight, dbias = K.backward_weight(dz, x, weight, stride, padding, dilation, groups,
-                                               need_weight=need_weight, need_bias=need_bias and ctx.has_bias)
+                                               need_weight=need_weight, need_bias=need_bias)
         return dx, dweight, dbias, None, None, None, None, None, None
+
+
+def _differentiable_backward(ctx, dy, x, weight, bias, need_input, need_weight, need_bias):
+    """(dx, dweight, dbias) as a graph of differentiable Functions on the same kernels, for create_graph=True.
+
+    The pre-activation z is recomputed from the saved inputs (the z or y the forward kept carries no
+    graph), and act'(z) is written in torch ops, so every order of derivative flows through it.
+    """
+    stride, padding, dilation, groups = ctx.geometry
+    dz = dy
+    if ctx.activation:
+        z = Conv2dFn.apply(x, weight, bias, stride, padding, dilation, groups, ctx.output_size, None)
+        dz = activation_grad(dy, z, ctx.activation)
+    dx = Conv2dInputGradFn.apply(dz, weight, x.shape, *ctx.geometry, ctx.input_layout) if need_input else None
+    dweight = Conv2dWeightGradFn.apply(dz, x, weight, *ctx.geometry) if need_weight else None
+    dbias = dz.sum(dim=(0, 2, 3)) if need_bias else None
+    return dx, dweight, dbias
+
+
+class Conv2dInputGradFn(torch.autograd.Function):
+    """dx = the input gradient of a convolution with `weight` at `dz` (the dgrad kernel).
+
+    dx is bilinear in (dz, weight): <g, dx> = <dz, conv(g, weight)> = <wgrad(dz, g), weight>, so
+    its backward is a forward convolution and a weight gradient, and so on to any order.
+    """
+
+    @staticmethod
+    def forward(ctx, dz, weight, input_shape, stride, padding, dilation, groups, memory_format):
+        ctx.save_for_backward(dz, weight)
+        ctx.geometry = (stride, padding, dilation, groups)
+        return K.backward_input(dz, weight, input_shape, stride, padding, dilation, groups, memory_format)
+
+    @staticmethod
+    def backward(ctx, g):
+        dz, weight = ctx.saved_tensors
+        d_dz = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_dz = Conv2dFn.apply(g, weight, None, *ctx.geometry, tuple(dz.shape[2:]), None)
+        if ctx.needs_input_grad[1]:
+            d_weight = Conv2dWeightGradFn.apply(dz, g, weight, *ctx.geometry)
+        return d_dz, d_weight, None, None, None, None, None, None
+
+
+class Conv2dWeightGradFn(torch.autograd.Function):
+    """dweight = the weight gradient of a convolution of `x` at `dz` (the wgrad kernel).
+
+    `weight` gives only the shape and layout of the result. Bilinear in (dz, x):
+    <G, dweight> = <dz, conv(x, G)> = <x, dgrad(dz, G)>.
+    """
+
+    @staticmethod
+    def forward(ctx, dz, x, weight, stride, padding, dilation, groups):
+        ctx.save_for_backward(dz, x)
+        ctx.geometry = (stride, padding, dilation, groups)
+        dweight, _ = K.backward_weight(dz, x, weight, stride, padding, dilation, groups,
+                                       need_weight=True, need_bias=False)
+        return dweight
+
+    @staticmethod
+    def backward(ctx, g):
+        dz, x = ctx.saved_tensors
+        d_dz = d_x = None
+        if ctx.needs_input_grad[0]:
+            d_dz = Conv2dFn.apply(x, g, None, *ctx.geometry, tuple(dz.shape[2:]), None)
+        if ctx.needs_input_grad[1]:
+            d_x = Conv2dInputGradFn.apply(dz, g, x.shape, *ctx.geometry, K.output_layout(x, x))
+        return d_dz, d_x, None, None, None, None, None
+
+
+def _int_like(value) -> bool:
+    # torch's int arguments take Python and numpy integers and integer 0-d tensors; bool, float
+    # and None are refused.
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _int_pair(name, value):
+    """An int or a sequence of ints as torch's int[2] argument takes it: TypeError for anything else.
+
+    Lengths other than 1 and 2 are left for `conv2d_geometry`, which refuses them as torch does.
+    """
+    if _int_like(value):
+        return operator.index(value)
+    if isinstance(value, (tuple, list, torch.Size)) and all(_int_like(v) for v in value):
+        return tuple(operator.index(v) for v in value)
+    raise TypeError(f"{OP}: {name} must be an int or a tuple of ints, but got {name}={value!r} "
+                    f"of type {type(value).__name__}")
 
 
 def _validate(input, weight, bias, groups):
     for name, t in (("input", input), ("weight", weight)):
         _checks.check_tensor(OP, name, t)
-        _checks.check_floating(OP, name, t)
     if input.dim() not in (3, 4):
         raise RuntimeError(
             f"{OP}: expected 3D (unbatched) or 4D (batched) input, but got input of size: {list(input.shape)}"
@@ -57,12 +154,22 @@ def _validate(input, weight, bias, groups):
     if weight.dim() != 4:
         raise RuntimeError(f"{OP}: expected a 4D weight (out_channels, in_channels/groups, kH, kW), "
                            f"got weight of size {list(weight.shape)}")
-    if not isinstance(groups, int) or isinstance(groups, bool) or groups <= 0:
+    if not _int_like(groups):
+        raise TypeError(f"{OP}: groups must be an int, but got groups={groups!r} of type {type(groups).__name__}")
+    groups = operator.index(groups)
+    if groups <= 0:
         raise RuntimeError(f"{OP}: non-positive groups is not supported, got groups={groups!r}")
     if weight.shape[0] % groups:
         raise RuntimeError(f"{OP}: given groups={groups}, expected weight to be divisible by {groups} at "
                            f"dimension 0, but got weight of size {list(weight.shape)}")
+    if weight.shape[0] == 0:
+        raise RuntimeError(f"{OP}: given groups={groups}, expected weight to be at least 1 at dimension 0, but got "
+                           f"weight of size {list(weight.shape)}")
     channels = input.shape[-3]
+    batch = input.shape[0] if input.dim() == 4 else 1
+    if input.numel() == 0 and batch != 0 and channels != 0:
+        raise RuntimeError(f"{OP}: only zero batch or zero channel inputs are supported, but got input of size "
+                           f"{list(input.shape)}")
     if channels != weight.shape[1] * groups:
         raise RuntimeError(
             f"{OP}: given groups={groups}, weight of size {list(weight.shape)}, expected input{list(input.shape)} "
@@ -73,20 +180,30 @@ def _validate(input, weight, bias, groups):
         if bias.dim() != 1 or bias.numel() != weight.shape[0]:
             raise RuntimeError(f"{OP}: given weight of size {list(weight.shape)}, expected bias to be 1-dimensional "
                                f"with {weight.shape[0]} elements, but got bias of size {list(bias.shape)}")
+    return groups
 
 
 def _check_dtypes(input, weight, bias):
     # After autocast's cast, as torch checks them: a bf16 activation meets fp32 weights under autocast.
+    # torch raises RuntimeError for a dtype mismatch, so do we.
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != input.dtype:
-            raise TypeError(f"{OP}: input dtype {input.dtype} and {name} dtype {t.dtype} should be the same")
+            raise RuntimeError(f"{OP}: input dtype {input.dtype} and {name} dtype {t.dtype} should be the same")
+    if not input.is_floating_point():
+        # torch convolves integer tensors too; these kernels compute in floating point only.
+        raise NotImplementedError(f"{OP}: input of dtype {input.dtype} is not supported; tritonprop's {OP} "
+                                  "takes floating-point tensors")
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
     """`torch.nn.functional.conv2d`, computed by Triton kernels; optionally ``activation(conv + bias)``."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"{OP}: activation must be one of None, 'relu', 'gelu', got {activation!r}")
-    _validate(input, weight, bias, groups)
+    groups = _validate(input, weight, bias, groups)
+    stride = _int_pair("stride", stride)
+    dilation = _int_pair("dilation", dilation)
+    if not isinstance(padding, str):
+        padding = _int_pair("padding", padding)
     input, weight, bias = cast_to_lower_precision(input.device.type, [input, weight, bias])
     _check_dtypes(input, weight, bias)
     if backend.use_reference():
@@ -97,6 +214,13 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     pad_top, _, pad_left, _ = geometry.padding
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
+    if x.shape[1] == 0:
+        # torch's answer for an input with no channels: an output with no channels either (not the
+        # weight's out_channels), whose gradients are zero, dbias included. Each sum below is of an
+        # empty tensor except the bias's, whose gradient the zero factor makes zero.
+        zero = x.sum() * 0 + weight.sum() * 0 + (bias.sum() * 0 if bias is not None else 0)
+        y = zero.expand(x.shape[0], 0, *geometry.output_size)
+        return y.squeeze(0) if unbatched else y
     with torch.autocast(input.device.type, enabled=False):
         y = Conv2dFn.apply(x, weight, bias, geometry.stride, (pad_top, pad_left), geometry.dilation, groups,
                            geometry.output_size, activation)
@@ -108,14 +232,19 @@ class Conv2d(torch.nn.Conv2d):
 
     def __init__(self, *args, activation=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros":
-            raise NotImplementedError(f"tritonprop Conv2d: padding_mode={self.padding_mode!r} is not implemented; "
-                                      "only 'zeros' is")
+        self._check_padding_mode()
         if activation not in ACTIVATIONS:
             raise ValueError(f"Conv2d: activation must be one of None, 'relu', 'gelu', got {activation!r}")
         self.activation = activation
 
+    def _check_padding_mode(self):
+        if self.padding_mode != "zeros":
+            raise NotImplementedError(f"tritonprop Conv2d: padding_mode={self.padding_mode!r} is not implemented; "
+                                      "only 'zeros' is")
+
     def forward(self, input):
+        # torch reads padding_mode at every forward, so a mode set after construction counts too.
+        self._check_padding_mode()
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                       activation=self.activation)
 

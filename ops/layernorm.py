@@ -5,8 +5,9 @@ and `state_dict` are torch's own; only the forward is ours.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
-from torch.autograd.function import once_differentiable
 
 from tritonprop import backend
 from tritonprop.kernels import layernorm as K
@@ -23,37 +24,66 @@ class LayerNormFn(torch.autograd.Function):
         y, mean, rstd = K.forward(input, normalized_ndim, weight, bias, eps)
         ctx.save_for_backward(input, weight, bias, mean, rstd)
         ctx.normalized_ndim = normalized_ndim
+        ctx.eps = eps
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         input, weight, bias, mean, rstd = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        dx, dweight, dbias = K.backward(
-            dy, input, ctx.normalized_ndim, weight, bias, mean, rstd,
-            need_input=need_input, need_weight=need_weight, need_bias=need_bias,
-        )
-        return dx, dweight, dbias, None, None
+        # Grad mode is on inside backward exactly when the caller asked for create_graph=True.
+        if torch.is_grad_enabled():
+            dx, dweight, dbias = _differentiable_backward(ctx, dy, input, weight, bias, mean.dtype)
+        else:
+            dx, dweight, dbias = K.backward(
+                dy, input, ctx.normalized_ndim, weight, bias, mean, rstd,
+                need_input=need_input, need_weight=need_weight, need_bias=need_bias,
+            )
+        return (dx if need_input else None, dweight if need_weight else None, dbias if need_bias else None,
+                None, None)
+
+
+def _differentiable_backward(ctx, dy, input, weight, bias, acc):
+    """(dx, dweight, dbias) in torch ops that autograd can differentiate again, for create_graph=True.
+
+    The row statistics depend on the input, so they are recomputed from the saved input (the
+    kernel's mean and rstd carry no graph); the formulas are those of the backward kernel, in the
+    accumulator dtype `acc`.
+    """
+    normalized_dims = list(range(input.dim() - ctx.normalized_ndim, input.dim()))
+    row_dims = list(range(input.dim() - ctx.normalized_ndim))
+    x = input.to(acc)
+    mean = x.mean(normalized_dims, keepdim=True)
+    rstd = torch.rsqrt((x - mean).square().mean(normalized_dims, keepdim=True) + ctx.eps)
+    xhat = (x - mean) * rstd
+    g = dy.to(acc)
+    dweight = (g * xhat).sum(row_dims).to(weight.dtype) if weight is not None else None
+    dbias = g.sum(row_dims).to(bias.dtype) if bias is not None else None
+    wg = g * weight.to(acc) if weight is not None else g
+    dx = rstd * (wg - wg.mean(normalized_dims, keepdim=True)
+                 - xhat * (wg * xhat).mean(normalized_dims, keepdim=True))
+    return dx.to(input.dtype), dweight, dbias
 
 
 def _normalized_shape(normalized_shape) -> tuple[int, ...]:
     # F.layer_norm takes a sequence of ints only (an int alone is a TypeError there; the module
-    # turns an int into a 1-tuple before calling it).
+    # turns an int into a 1-tuple before calling it). Like torch's int arguments, the ints may be
+    # numpy integers, but not bools or floats.
     if not isinstance(normalized_shape, (tuple, list, torch.Size)):
         raise TypeError(f"{OP}: normalized_shape must be a tuple of ints, not {type(normalized_shape).__name__}")
+    sizes = []
     for size in normalized_shape:
-        if not isinstance(size, int) or isinstance(size, bool):
+        if isinstance(size, bool) or not hasattr(size, "__index__") or isinstance(size, torch.Tensor):
             raise TypeError(f"{OP}: normalized_shape must be a tuple of ints, but found element of type "
                             f"{type(size).__name__}")
-    if not normalized_shape:
+        sizes.append(operator.index(size))
+    if not sizes:
         raise RuntimeError(f"{OP}: expected normalized_shape to be at least 1-dimensional, i.e., containing at "
                            "least one element, but got normalized_shape = []")
-    return tuple(normalized_shape)
+    return tuple(sizes)
 
 
 def _validate(input, normalized_shape, weight, bias):
-    _checks.check_floating(OP, "input", input)
     shape = list(normalized_shape)
     if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
         # torch's message, naming the argument.
@@ -69,25 +99,26 @@ def _validate(input, normalized_shape, weight, bias):
                                f"shape {list(t.shape)} and normalized_shape = {shape}")
     if weight is not None and bias is not None and weight.dtype != bias.dtype:
         # torch rejects this pairing too (its mixed-precision kernel takes both in float32).
-        raise TypeError(f"{OP}: bias has dtype {bias.dtype}, but weight has dtype {weight.dtype}; they must match")
+        raise RuntimeError(f"{OP}: bias has dtype {bias.dtype}, but weight has dtype {weight.dtype}; they must match")
+    # After the parameter checks: torch refuses integer input beside float parameters as a dtype
+    # mismatch, and alone as not implemented.
+    if not input.is_floating_point():
+        raise NotImplementedError(f"{OP}: input of dtype {input.dtype} is not supported; tritonprop's {OP} "
+                                  "takes floating-point tensors, as torch's does")
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     """`torch.nn.functional.layer_norm`, computed by Triton kernels."""
     normalized_shape = _normalized_shape(normalized_shape)
     _checks.check_tensor(OP, "input", input)
+    eps = _checks.real_number(OP, "eps", eps)
     # Cast first, as torch does: under CUDA autocast, float32 input with half weights is valid.
     input, weight, bias = cast_to_float32_on_cuda(input.device.type, [input, weight, bias])
     _validate(input, normalized_shape, weight, bias)
     if backend.use_reference():
         return reference.layer_norm(input, normalized_shape, weight, bias, eps)
     backend.check_devices(OP, input=input, weight=weight, bias=bias)
-    # The kernels read weight and bias flat; they are small, so a copy of a strided one is cheap.
-    if weight is not None:
-        weight = weight.contiguous()
-    if bias is not None:
-        bias = bias.contiguous()
-    return LayerNormFn.apply(input, weight, bias, len(normalized_shape), float(eps))
+    return LayerNormFn.apply(input, weight, bias, len(normalized_shape), eps)
 
 
 class LayerNorm(torch.nn.LayerNorm):

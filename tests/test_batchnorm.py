@@ -244,6 +244,73 @@ def test_non_contiguous_running_stats_are_updated_in_place(device):
     assert_close(stats, expected, name="strided running stats")
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_strided_parameters_and_running_stats_are_read_and_written_in_place(device, training):
+    x = make_input((4, 3, 5), device=device)
+    params = torch.randn(4, 3, device=device)
+    params[3] = params[3].abs() + 0.5
+    expected = params.clone()
+    # Columns of a (4, 3) tensor: each a stride-3 view. weight and bias require grad through their base.
+    base = torch.randn(2, 6, device=device, requires_grad=True)
+    ours = ops.batch_norm(x, params[2], params[3], base[0, ::2], base[1, 1::2], training=training)
+    theirs = F.batch_norm(x, expected[2], expected[3], base[0, ::2], base[1, 1::2], training=training)
+    assert_close(ours, theirs)
+    assert_close(params, expected, name="strided running stats after the call")
+    g = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, (x, base), g)
+    expected_grads = torch.autograd.grad(theirs, (x, base), g)
+    for name, a, e in zip(("x", "weight and bias base"), grads, expected_grads):
+        assert_close(a, e, name=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_expanded_parameters_are_read_by_stride(device, training):
+    x = make_input((4, 3, 5), device=device)
+    scale = torch.tensor(1.5, device=device, requires_grad=True)
+    shift = torch.tensor(-0.25, device=device, requires_grad=True)
+    # Expanded running stats can be read (eval); training writes them, which the next test covers.
+    running = (torch.tensor(0.3, device=device).expand(3), torch.tensor(2.0, device=device).expand(3))
+    if training:
+        running = (None, None)
+    ours = ops.batch_norm(x, *running, scale.expand(3), shift.expand(3), training=training)
+    theirs = F.batch_norm(x, *running, scale.expand(3), shift.expand(3), training=training)
+    assert_close(ours, theirs)
+    g = torch.randn_like(ours)
+    for name, a, e in zip(("x", "weight", "bias"), torch.autograd.grad(ours, (x, scale, shift), g),
+                          torch.autograd.grad(theirs, (x, scale, shift), g)):
+        assert_close(a, e, name=f"gradient of {name}")
+
+
+def test_expanded_running_stats_are_refused_in_training():
+    # torch writes all channels' updates into the one shared element, leaving whichever landed last:
+    # no running statistic. Refused before anything is written.
+    running_mean, running_var = torch.zeros(1).expand(3), torch.ones(1).expand(3)
+    with pytest.raises(RuntimeError, match="running_mean .* more than one element in a single memory location"):
+        ops.batch_norm(torch.randn(4, 3, 5), running_mean, running_var, training=True)
+    assert running_mean[0] == 0 and running_var[0] == 1
+
+
+def test_module_with_non_contiguous_parameters_and_buffers(device):
+    theirs = torch.nn.BatchNorm1d(3).to(device)
+    ours = ops.BatchNorm1d(3).to(device)
+    for module in (theirs, ours):
+        module.weight = torch.nn.Parameter(torch.linspace(0.5, 2.0, 6, device=device)[::2])
+        module.bias = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 9, device=device)[::3])
+        module.running_mean = torch.zeros(6, device=device)[1::2]
+        module.running_var = torch.ones(6, device=device)[::2]
+    x = make_input((5, 3, 4), device=device).detach()
+    for training in (True, False):
+        ours.train(training)
+        theirs.train(training)
+        assert_close(ours(x), theirs(x))
+        assert_close(ours.running_mean, theirs.running_mean, name="running_mean")
+        assert_close(ours.running_var, theirs.running_var, name="running_var")
+    ours(x).sum().backward()
+    theirs(x).sum().backward()
+    assert_close(ours.weight.grad, theirs.weight.grad, name="weight grad")
+    assert_close(ours.bias.grad, theirs.bias.grad, name="bias grad")
+
+
 # ------------------------------------------------------------------------------------------------
 # Modules: running statistics, state_dict, train/eval
 # ------------------------------------------------------------------------------------------------
@@ -383,15 +450,26 @@ def test_training_with_one_value_per_channel_raises_like_torch(shape):
     ("bias_size", RuntimeError, "bias should contain 3"),
     ("running_mean_size", RuntimeError, "running_mean should contain 3"),
     ("running_var_size", RuntimeError, "running_var should contain 3"),
-    ("integer_input", TypeError, "input must be a floating-point tensor"),
-    ("integer_weight", TypeError, "weight must be a floating-point tensor"),
-    ("weight_dtype", TypeError, "weight has dtype torch.float64"),
-    ("one_dim_input", ValueError, "input must have at least 2 dims"),
+    ("running_mean_2d", RuntimeError, "running_mean must be 1-dimensional"),
+    ("integer_input", NotImplementedError, "input of dtype torch.int64 is not supported"),
+    ("integer_weight", RuntimeError, "weight must be a floating-point tensor"),
+    ("weight_dtype", RuntimeError, "weight has dtype torch.float64"),
+    ("running_var_dtype", RuntimeError, "running_var has dtype torch.float64"),
+    ("one_dim_input", IndexError, "input must have at least 2 dims"),
+    ("one_dim_input_with_running_stats", RuntimeError, "running_mean should contain 0 elements"),
     ("eval_without_running_stats", RuntimeError, "running_mean must be defined in evaluation mode"),
     ("only_running_mean", ValueError, "running_mean and running_var must both"),
     ("running_mean_requires_grad", RuntimeError, "not differentiable with respect to running_mean"),
     ("momentum_none", TypeError, "momentum must be a float"),
+    ("momentum_str", TypeError, "momentum must be a float"),
+    ("eps_none", TypeError, "eps must be a float"),
+    ("eps_zero_training", ValueError, "eps must be positive during training"),
+    ("eps_negative_training", ValueError, "eps must be positive during training"),
+    ("eps_negative_eval", ValueError, "eps must be non-negative"),
+    ("training_none", TypeError, "training must be bool"),
+    ("training_int", TypeError, "training must be bool"),
     ("input_not_tensor", TypeError, "input must be a torch.Tensor"),
+    ("weight_not_tensor", TypeError, "weight must be a torch.Tensor"),
 ])
 def test_bad_arguments_name_the_argument(case, error, names):
     x = torch.randn(4, 3, 5)
@@ -405,14 +483,20 @@ def test_bad_arguments_name_the_argument(case, error, names):
         kwargs["running_mean"] = torch.zeros(5)
     elif case == "running_var_size":
         kwargs["running_var"] = torch.ones(1)
+    elif case == "running_mean_2d":
+        kwargs.update(running_mean=torch.zeros(3, 1), running_var=torch.ones(3, 1))
     elif case == "integer_input":
         kwargs["input"] = torch.ones(4, 3, 5, dtype=torch.int64)
     elif case == "integer_weight":
         kwargs["weight"] = torch.ones(3, dtype=torch.int32)
     elif case == "weight_dtype":
         kwargs["weight"] = torch.ones(3, dtype=torch.float64)
+    elif case == "running_var_dtype":
+        kwargs["running_var"] = torch.ones(3, dtype=torch.float64)
     elif case == "one_dim_input":
-        kwargs["input"] = torch.randn(3)
+        kwargs.update(input=torch.randn(3), running_mean=None, running_var=None, weight=None, bias=None)
+    elif case == "one_dim_input_with_running_stats":
+        kwargs.update(input=torch.randn(3), weight=None, bias=None)
     elif case == "eval_without_running_stats":
         kwargs.update(training=False, running_mean=None, running_var=None)
     elif case == "only_running_mean":
@@ -421,15 +505,84 @@ def test_bad_arguments_name_the_argument(case, error, names):
         kwargs.update(training=False, running_mean=rm.requires_grad_())
     elif case == "momentum_none":
         kwargs["momentum"] = None
+    elif case == "momentum_str":
+        kwargs["momentum"] = "0.1"
+    elif case == "eps_none":
+        kwargs["eps"] = None
+    elif case == "eps_zero_training":
+        kwargs["eps"] = 0.0
+    elif case == "eps_negative_training":
+        kwargs["eps"] = -1e-5
+    elif case == "eps_negative_eval":
+        kwargs.update(training=False, eps=-1e-5)
+    elif case == "training_none":
+        kwargs["training"] = None
+    elif case == "training_int":
+        kwargs["training"] = 1
     elif case == "input_not_tensor":
         kwargs["input"] = np.ones((4, 3))
-    with pytest.raises(error, match=names):
+    elif case == "weight_not_tensor":
+        kwargs["weight"] = [1.0, 1.0, 1.0]
+    # The exception type is torch's for the same call.
+    with pytest.raises(error):
+        F.batch_norm(**copy.deepcopy(kwargs))
+    with pytest.raises(error, match=names) as raised:
         ops.batch_norm(**kwargs)
+    assert type(raised.value) is error
 
 
-def test_module_checks_input_dims_like_torch():
-    with pytest.raises(ValueError, match="expected 4D input"):
-        ops.BatchNorm2d(3)(torch.randn(2, 3, 4))
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_values_torch_accepts_are_accepted(training):
+    # eps=0 in eval, a negative or NaN momentum, and real numbers of other types, as torch takes them.
+    x = torch.randn(4, 3, 5)
+    for kwargs in (dict(eps=0.0) if not training else dict(eps=1), dict(momentum=-1.2), dict(momentum=float("nan")),
+                   dict(momentum=np.float64(0.3), eps=torch.tensor(0.5)), dict(momentum=True)):
+        rm, rv, w, b = make_params(3)
+        assert_matches(ops.batch_norm, {"torch": F.batch_norm}, x, rm, rv, w, b, training=training, grad=False,
+                       **kwargs)
+
+
+# torch's OpInfo samples for batch_norm include an empty 1-D input with 0-element running stats.
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape,channels", [((0,), 0), ((0, 3), 3), ((0, 3, 4), 3), ((2, 3, 0), 3)])
+def test_empty_inputs_match_torch(device, training, shape, channels):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    running_mean = torch.randn(channels, device=device)
+    running_var = torch.rand(channels, device=device) + 0.5
+    out = assert_matches(ops.batch_norm, {"torch": F.batch_norm}, x, running_mean, running_var, training=training)
+    assert out.shape == shape
+    if channels:
+        _, _, w, b = make_params(channels, device)
+        assert_matches(ops.batch_norm, {"torch": F.batch_norm}, x, running_mean, running_var, w, b,
+                       training=training)
+
+
+@pytest.mark.parametrize("cls,shape", [
+    ("BatchNorm1d", (2, 3, 4, 4)), ("BatchNorm1d", (3,)), ("BatchNorm2d", (2, 3, 4)), ("BatchNorm3d", (2, 3, 4, 4)),
+])
+def test_module_checks_input_dims_like_torch(cls, shape):
+    expected_dims = {"BatchNorm1d": "2D or 3D", "BatchNorm2d": "4D", "BatchNorm3d": "5D"}[cls]
+    with pytest.raises(ValueError, match=f"expected {expected_dims} input"):
+        getattr(torch.nn, cls)(3)(torch.randn(shape))
+    with pytest.raises(ValueError, match=f"expected {expected_dims} input"):
+        getattr(ops, cls)(3)(torch.randn(shape))
+
+
+def test_module_with_a_bad_momentum_raises_what_torch_raises():
+    # torch's constructor stores any momentum; the forward refuses a non-number.
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(TypeError):
+        torch.nn.BatchNorm2d(3, momentum="0.1")(x)
+    with pytest.raises(TypeError, match="momentum must be a float"):
+        ops.BatchNorm2d(3, momentum="0.1")(x)
+
+
+def test_module_with_eps_zero_raises_in_training_and_works_in_eval():
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="eps must be positive during training"):
+        ops.BatchNorm2d(3, eps=0.0)(x)
+    ours, theirs = ops.BatchNorm2d(3, eps=0.0).eval(), torch.nn.BatchNorm2d(3, eps=0.0).eval()
+    assert_close(ours(x), theirs(x))
 
 
 # ------------------------------------------------------------------------------------------------

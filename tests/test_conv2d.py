@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -257,6 +258,10 @@ def test_module_padding_same_and_fused_activation(device):
 def test_module_rejects_other_padding_modes():
     with pytest.raises(NotImplementedError, match="padding_mode='reflect' is not implemented"):
         ops.Conv2d(3, 4, 3, padding=1, padding_mode="reflect")
+    module = ops.Conv2d(3, 4, 3, padding=1)
+    module.padding_mode = "circular"
+    with pytest.raises(NotImplementedError, match="padding_mode='circular' is not implemented"):
+        module(torch.randn(1, 3, 5, 5))
 
 
 @pytest.mark.parametrize("activation", [None, "relu"])
@@ -339,8 +344,9 @@ def test_reference_backend_routes_to_unfold(device, monkeypatch):
     ("kernel_larger_than_padded_input", RuntimeError, "Kernel size can't be greater than actual input size"),
     ("input_5d", RuntimeError, "expected 3D \\(unbatched\\) or 4D \\(batched\\) input"),
     ("weight_3d", RuntimeError, "expected a 4D weight"),
-    ("integer_input", TypeError, "input must be a floating-point tensor"),
-    ("dtype_mismatch", TypeError, "weight dtype torch.float64 should be the same"),
+    ("integer_input", RuntimeError, "input dtype torch.int64 and weight dtype torch.float32 should be the same"),
+    ("integer_input_and_weight", NotImplementedError, "input of dtype torch.int64 is not supported"),
+    ("dtype_mismatch", RuntimeError, "weight dtype torch.float64 should be the same"),
     ("bias_size", RuntimeError, "expected bias to be 1-dimensional with 6 elements"),
     ("zero_stride", RuntimeError, "non-positive stride is not supported"),
     ("negative_padding", RuntimeError, "negative padding is not supported"),
@@ -368,6 +374,8 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs["weight"] = torch.randn(6, 2, 3)
     elif case == "integer_input":
         kwargs["input"] = x.long()
+    elif case == "integer_input_and_weight":
+        kwargs.update(input=x.long(), weight=w.long())
     elif case == "dtype_mismatch":
         kwargs["weight"] = w.double()
     elif case == "bias_size":
@@ -388,6 +396,109 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs["activation"] = "tanh"
     with pytest.raises(error, match=match):
         ops.conv2d(**kwargs)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("stride", dict(stride=1.0)), ("stride", dict(stride=None)), ("stride", dict(stride=True)),
+    ("stride", dict(stride=(1, 1.0))), ("stride", dict(stride="1")), ("stride", dict(stride=())),
+    ("stride", dict(stride=-1)), ("padding", dict(padding=1.0)), ("padding", dict(padding=None)),
+    ("padding", dict(padding=(1, 1, 1))), ("padding", dict(padding=(0, -1))), ("padding", dict(padding="full")),
+    ("padding", dict(padding="same", stride=(1, 2))), ("dilation", dict(dilation=1.5)),
+    ("dilation", dict(dilation=None)), ("dilation", dict(dilation=0)), ("groups", dict(groups=1.0)),
+    ("groups", dict(groups=None)), ("groups", dict(groups=True)), ("groups", dict(groups=-1)),
+    ("bias", dict(bias=[0.0] * 6)), ("bias", dict(bias=torch.zeros(6, dtype=torch.float64))),
+    ("bias", dict(bias=torch.zeros(6, 1))), ("weight", dict(weight=torch.randn(6, 4, 3, 3, dtype=torch.float64))),
+    ("weight", dict(weight=torch.randn(0, 4, 3, 3))), ("input", dict(input=torch.randn(2, 4, 0, 5))),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_arguments_raise_the_type_torch_raises(name, kwargs):
+    call = dict(input=torch.randn(2, 4, 5, 5), weight=torch.randn(6, 4, 3, 3))
+    call.update(kwargs)
+    with pytest.raises(Exception) as theirs:
+        F.conv2d(**call)
+    with pytest.raises(type(theirs.value), match=f"^conv2d: .*{name}") as ours:
+        ops.conv2d(**call)
+    assert type(ours.value) is type(theirs.value)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(stride=[2, 1]), dict(stride=(2,)), dict(padding=np.int64(1)),
+    dict(dilation=(np.int32(2), 1), padding=2), dict(groups=np.int64(2)),
+], ids=["list", "one_tuple", "numpy_padding", "numpy_dilation", "numpy_groups"])
+def test_int_arguments_torch_accepts_are_accepted(device, kwargs):
+    x, w, b = Config("ints", (1, 4, 6, 5), 4, (3, 3), groups=2 if "groups" in kwargs else 1).tensors(device)
+    assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, **kwargs)
+
+
+def test_zero_input_channels_match_torch(device):
+    # torch's answer: an output with no channels (not out_channels of them), and zero gradients.
+    x = torch.randn(2, 0, 4, 4, device=device, requires_grad=True)
+    w = torch.randn(3, 0, 3, 3, device=device, requires_grad=True)
+    b = torch.randn(3, device=device, requires_grad=True)
+    out = assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, padding=1)
+    assert out.shape == (2, 0, 4, 4)
+
+
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_bias_is_read_by_its_stride(device, view):
+    x, w, _ = CONFIGS[0].tensors(device)
+    base = torch.randn(10, device=device, requires_grad=True) if view == "strided" else \
+        torch.tensor(0.75, device=device, requires_grad=True)
+    make_bias = (lambda t: t[::2]) if view == "strided" else (lambda t: t.expand(5))
+    for activation, torch_activation in ((None, lambda y: y), ("gelu", F.gelu)):
+        ours = ops.conv2d(x, w, make_bias(base), padding=1, activation=activation)
+        theirs = torch_activation(F.conv2d(x, w, make_bias(base), padding=1))
+        assert_close(ours, theirs)
+        g = torch.randn_like(ours)
+        for name, a, e in zip(("x", "weight", "bias base"), torch.autograd.grad(ours, (x, w, base), g),
+                              torch.autograd.grad(theirs, (x, w, base), g)):
+            assert_close(a, e, name=f"gradient of {name} ({activation})")
+
+
+@pytest.mark.parametrize("layout", ["channels_last", "strided_in_channels", "expanded"])
+@pytest.mark.parametrize("groups", [1, 3], ids=["dense", "depthwise"])
+def test_weight_with_any_strides(device, layout, groups):
+    x = torch.randn(2, 3, 6, 5, device=device, requires_grad=True)
+    cg = 3 // groups
+    if layout == "channels_last":
+        w = torch.randn(4 if groups == 1 else 3, cg, 3, 3, device=device).to(memory_format=torch.channels_last)
+    elif layout == "strided_in_channels":
+        w = torch.randn(4 if groups == 1 else 3, 2 * cg, 3, 3, device=device)[:, ::2]
+    else:
+        w = torch.randn(1, cg, 3, 3, device=device).expand(4 if groups == 1 else 3, cg, 3, 3)
+    w.requires_grad_()
+    b = torch.randn(w.shape[0], device=device)
+    ours = ops.conv2d(x, w, b, padding=1, groups=groups)
+    theirs = F.conv2d(x, w, b, padding=1, groups=groups)
+    assert_close(ours, theirs)
+    g = torch.randn_like(ours)
+    for name, a, e in zip(("x", "weight"), torch.autograd.grad(ours, (x, w), g), torch.autograd.grad(theirs, (x, w), g)):
+        assert_close(a, e, name=f"gradient of {name}")
+
+
+def test_weight_gradient_of_a_permuted_weight(device):
+    x = torch.randn(2, 3, 5, 5, device=device)
+    w = torch.randn(4, 3, 3, 3, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    assert not w.is_contiguous()
+    assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, None, padding=1)
+
+
+def test_module_with_non_contiguous_parameters(device):
+    theirs = torch.nn.Conv2d(3, 4, 3, padding=1).to(device)
+    ours = ops.Conv2d(3, 4, 3, padding=1).to(device)
+    weight = torch.randn(4, 6, 3, 3, device=device)[:, ::2]
+    bias = torch.randn(8, device=device)[1::2]
+    for module in (ours, theirs):
+        module.weight = torch.nn.Parameter(weight)
+        module.bias = torch.nn.Parameter(bias)
+    assert not ours.bias.is_contiguous() and not ours.weight.is_contiguous()
+    x = torch.randn(2, 3, 5, 4, device=device)
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert_close(y_ours, y_theirs)
+    g = torch.randn_like(y_ours)
+    grads = torch.autograd.grad(y_ours, (ours.weight, ours.bias), g)
+    expected = torch.autograd.grad(y_theirs, (theirs.weight, theirs.bias), g)
+    for name, a, e in zip(("weight", "bias"), grads, expected):
+        assert_close(a, e, name=f"gradient of {name}")
 
 
 def test_float32_dot_precision_follows_the_cudnn_tf32_flag(monkeypatch):

@@ -337,10 +337,15 @@ def test_empty_input(device, shape, normalized_shape):
     ("weight_shape", RuntimeError, r"expected weight to be of same shape as normalized_shape, but got weight of shape \[12\]"
                                    r" and normalized_shape = \[3, 4\]"),
     ("bias_shape", RuntimeError, r"expected bias to be of same shape as normalized_shape, but got bias of shape \[4, 3\]"),
-    ("integer_input", TypeError, "input must be a floating-point tensor"),
-    ("integer_weight", TypeError, "weight must be a floating-point tensor"),
-    ("weight_dtype", TypeError, "weight has dtype torch.float64, but input is torch.float32"),
-    ("bias_dtype_differs_from_weight", TypeError, "bias has dtype torch.bfloat16, but weight has dtype torch.float32"),
+    ("bool_in_normalized_shape", TypeError, "tuple of ints, but found element of type bool"),
+    ("none_normalized_shape", TypeError, "normalized_shape must be a tuple of ints, not NoneType"),
+    ("integer_input", NotImplementedError, "input of dtype torch.int64 is not supported"),
+    ("integer_input_float_weight", RuntimeError, "weight has dtype torch.float32, but input is torch.int64"),
+    ("integer_weight", RuntimeError, "weight must be a floating-point tensor"),
+    ("weight_dtype", RuntimeError, "weight has dtype torch.float64, but input is torch.float32"),
+    ("bias_dtype_differs_from_weight", RuntimeError, "bias has dtype torch.bfloat16, but weight has dtype torch.float32"),
+    ("eps_none", TypeError, "eps must be a float, not NoneType"),
+    ("eps_str", TypeError, "eps must be a float, not str"),
     ("input_not_tensor", TypeError, "input must be a torch.Tensor"),
     ("weight_not_tensor", TypeError, "weight must be a torch.Tensor"),
 ])
@@ -357,11 +362,21 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs.update(normalized_shape=4, weight=None, bias=None)
     elif case == "float_in_normalized_shape":
         kwargs["normalized_shape"] = (3, 4.0)
+    elif case == "bool_in_normalized_shape":
+        kwargs.update(normalized_shape=(True,), weight=None, bias=None)
+    elif case == "none_normalized_shape":
+        kwargs["normalized_shape"] = None
+    elif case == "eps_none":
+        kwargs["eps"] = None
+    elif case == "eps_str":
+        kwargs["eps"] = "1e-5"
     elif case == "weight_shape":
         kwargs["weight"] = torch.ones(12)
     elif case == "bias_shape":
         kwargs["bias"] = torch.zeros(4, 3)
     elif case == "integer_input":
+        kwargs.update(input=x.long(), weight=None, bias=None)
+    elif case == "integer_input_float_weight":
         kwargs["input"] = x.long()
     elif case == "integer_weight":
         kwargs["weight"] = torch.ones(3, 4, dtype=torch.int32)
@@ -373,8 +388,55 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs["input"] = np.ones((2, 3, 4))
     elif case == "weight_not_tensor":
         kwargs["weight"] = np.ones((3, 4))
-    with pytest.raises(error, match=match):
+    # The exception type is torch's for the same call.
+    with pytest.raises(error):
+        F.layer_norm(**kwargs)
+    with pytest.raises(error, match=match) as raised:
         layer_norm(**kwargs)
+    assert type(raised.value) is error
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(normalized_shape=(np.int64(3), 4)), dict(normalized_shape=torch.Size([4])), dict(eps=-0.5),
+    dict(eps=0), dict(eps=np.float32(0.1)), dict(eps=torch.tensor(0.1)),
+], ids=["numpy_ints", "size", "negative_eps", "int_eps", "numpy_eps", "tensor_eps"])
+def test_arguments_torch_accepts_are_accepted(kwargs):
+    x = make_input((2, 3, 4))
+    call = dict(normalized_shape=(3, 4), eps=1e-5)
+    call.update(kwargs)
+    w, b = make_params(tuple(int(n) for n in call["normalized_shape"]))
+    assert_matches(layer_norm, {"torch": F.layer_norm}, x, call["normalized_shape"], w, b, eps=call["eps"])
+
+
+@pytest.mark.parametrize("view", ["strided", "expanded"])
+def test_strided_and_expanded_parameters(device, view):
+    x = make_input((3, 2, 5), device)
+    if view == "strided":
+        base = torch.randn(2, 10, device=device, requires_grad=True)
+        w, b = base[0, ::2], base[1, 1::2]
+    else:
+        base = torch.randn(2, device=device, requires_grad=True)
+        w, b = base[0].expand(5), base[1].expand(5)
+    ours, theirs = layer_norm(x, (5,), w, b), F.layer_norm(x, (5,), w, b)
+    assert_close(ours, theirs)
+    g = torch.randn_like(ours)
+    for name, a, e in zip(("x", "weight and bias base"), torch.autograd.grad(ours, (x, base), g),
+                          torch.autograd.grad(theirs, (x, base), g)):
+        assert_close(a, e, name=f"gradient of {name}")
+
+
+def test_module_with_non_contiguous_parameters(device):
+    theirs, ours = torch.nn.LayerNorm(4).to(device), LayerNorm(4).to(device)
+    for module in (ours, theirs):
+        module.weight = torch.nn.Parameter(torch.linspace(0.5, 2.0, 8, device=device)[::2])
+        module.bias = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 12, device=device)[::3])
+    x = make_input((3, 4), device).detach()
+    y_ours, y_theirs = ours(x), theirs(x)
+    assert_close(y_ours, y_theirs)
+    y_ours.pow(2).sum().backward()
+    y_theirs.pow(2).sum().backward()
+    assert_close(ours.weight.grad, theirs.weight.grad, name="weight grad")
+    assert_close(ours.bias.grad, theirs.bias.grad, name="bias grad")
 
 
 # ------------------------------------------------------------------------------------------------
