@@ -383,6 +383,112 @@ def loss_reduce_kernel(part_loss_ptr, part_weight_ptr, loss_ptr, total_weight_pt
 
 
 # ----------------------------------------------------------------------------------------------
+# cross_entropy against class probabilities (a floating-point target shaped like the logits)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _weighted_probabilities(target_ptr, t_rows, cols, mask, col_mask, stride_tc, weight_ptr, keep, per_class,
+                            HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """w_c * t'_c of one [BLOCK_R, BLOCK_C] block, t' = keep * t + per_class the smoothed target
+    (keep = 1 - eps, per_class = eps / C); 0 outside the tensor, so padding adds to no sum."""
+    t = tl.load(target_ptr + t_rows[:, None] + cols.to(tl.int64)[None, :] * stride_tc, mask=mask, other=0.0)
+    t = t.to(ACC_DTYPE)
+    if SMOOTHING:
+        t = t * keep + per_class
+    w = _class_weights(weight_ptr, cols, col_mask, HAS_WEIGHT, ACC_DTYPE)
+    return tl.where(mask, t * w[None, :], 0.0)
+
+
+@triton.jit
+def cross_entropy_probs_forward_kernel(
+    logits_ptr, target_ptr, weight_ptr, smoothing_ptr, lse_ptr, mass_ptr, loss_ptr, part_loss_ptr, part_weight_ptr,
+    R, C, inner,
+    stride_xo, stride_xi, stride_xc,
+    stride_to, stride_ti, stride_tc,
+    HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr, PER_ROW_LOSS: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # loss = sum_c w_c t'_c (lse - x_c). Two passes: the log-sum-exp, then the weighted sum,
+    # which needs lse before it can start.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    x_rows = _row_offsets(rows, inner, stride_xo, stride_xi)
+    t_rows = _row_offsets(rows, inner, stride_to, stride_ti)
+
+    m = tl.full([BLOCK_R], float("-inf"), ACC_DTYPE)
+    s = tl.zeros([BLOCK_R], ACC_DTYPE)
+    for c_start in range(0, C, BLOCK_C):
+        cols, col_mask, x_cols = _column_block(c_start, C, stride_xc, BLOCK_C)
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(logits_ptr + x_rows[:, None] + x_cols[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
+        m, s = _online_logsumexp(m, s, x, col_mask)
+    log_s = tl.log(s)
+    tl.store(lse_ptr + rows, m + log_s, mask=row_mask)
+
+    # lse - x_c as (m - x_c) + log s: exact even when all logits share a large offset. `mass`,
+    # sum_c w_c t'_c, scales the softmax in the backward; it is kept per row in fp32.
+    keep, per_class = tl.load(smoothing_ptr), tl.load(smoothing_ptr + 1)
+    loss = tl.zeros([BLOCK_R], ACC_DTYPE)
+    mass = tl.zeros([BLOCK_R], ACC_DTYPE)
+    for c_start in range(0, C, BLOCK_C):
+        cols, col_mask, x_cols = _column_block(c_start, C, stride_xc, BLOCK_C)
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(logits_ptr + x_rows[:, None] + x_cols[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
+        wt = _weighted_probabilities(target_ptr, t_rows, cols, mask, col_mask, stride_tc, weight_ptr,
+                                     keep, per_class, HAS_WEIGHT, SMOOTHING, ACC_DTYPE)
+        loss += tl.sum(wt * ((m[:, None] - x) + log_s[:, None]), axis=1)
+        mass += tl.sum(wt, axis=1)
+    tl.store(mass_ptr + rows, mass, mask=row_mask)
+    # 'mean' divides by the number of rows, whatever the weights: each row counts 1.
+    _store_loss(loss, tl.where(row_mask, 1.0, 0.0).to(ACC_DTYPE), row_mask, rows, row_mask, loss_ptr,
+                part_loss_ptr, part_weight_ptr, PER_ROW_LOSS)
+
+
+@triton.jit
+def cross_entropy_probs_backward_kernel(
+    logits_ptr, target_ptr, weight_ptr, smoothing_ptr, lse_ptr, mass_ptr, grad_ptr, total_weight_ptr, dx_ptr,
+    dtarget_ptr, R, C, inner,
+    stride_xo, stride_xi, stride_xc,
+    stride_to, stride_ti, stride_tc,
+    stride_go, stride_gi,
+    stride_dxo, stride_dxi, stride_dxc,
+    stride_dto, stride_dti, stride_dtc,
+    HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr, MEAN: tl.constexpr,
+    NEED_DX: tl.constexpr, NEED_DTARGET: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
+):
+    # dloss/dx_c = softmax_c * mass - w_c t'_c;   dloss/dt_c = -(1 - eps) w_c log softmax(x)_c.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_mask = rows < R
+    x_rows = _row_offsets(rows, inner, stride_xo, stride_xi)
+    t_rows = _row_offsets(rows, inner, stride_to, stride_ti)
+    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
+    mass = tl.load(mass_ptr + rows, mask=row_mask, other=0.0)
+    g = _upstream_gradient(grad_ptr, total_weight_ptr, rows, row_mask, inner, stride_go, stride_gi,
+                           MEAN, ACC_DTYPE)
+    keep, per_class = tl.load(smoothing_ptr), tl.load(smoothing_ptr + 1)
+    target_scale = g * keep
+    for c_start in range(0, C, BLOCK_C):
+        cols, col_mask, x_cols = _column_block(c_start, C, stride_xc, BLOCK_C)
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(logits_ptr + x_rows[:, None] + x_cols[None, :], mask=mask, other=0.0).to(ACC_DTYPE)
+        if NEED_DX:
+            wt = _weighted_probabilities(target_ptr, t_rows, cols, mask, col_mask, stride_tc, weight_ptr,
+                                         keep, per_class, HAS_WEIGHT, SMOOTHING, ACC_DTYPE)
+            dx = g[:, None] * (tl.exp(x - lse[:, None]) * mass[:, None] - wt)
+            dx_offsets = (_row_offsets(rows, inner, stride_dxo, stride_dxi)[:, None]
+                          + cols.to(tl.int64)[None, :] * stride_dxc)
+            tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        if NEED_DTARGET:
+            w = _class_weights(weight_ptr, cols, col_mask, HAS_WEIGHT, ACC_DTYPE)
+            dt = -target_scale[:, None] * w[None, :] * (x - lse[:, None])
+            dt_offsets = (_row_offsets(rows, inner, stride_dto, stride_dti)[:, None]
+                          + cols.to(tl.int64)[None, :] * stride_dtc)
+            tl.store(dtarget_ptr + dt_offsets, dt.to(dtarget_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------
 # Launch planning
 # ----------------------------------------------------------------------------------------------
 
@@ -478,10 +584,12 @@ def _check_reduction(reduction):
 def log_softmax_forward(x, dim):
     """log_softmax of `x` along `dim`. Returns ``(y, lse)``: y like x, lse per row in fp32 (fp64 for fp64)."""
     y = torch.empty_like(x)
+    if x.numel() == 0:
+        # Nothing to read, and a layout of zero-size dims need not merge; an empty row's lse is -inf.
+        rows = x.shape[:dim].numel() * x.shape[dim + 1:].numel()
+        return y, torch.full((rows,), float("-inf"), device=x.device, dtype=accumulator_torch_dtype(x.dtype))
     x, (R, inner, (sxo, sxi, sxc)) = _addressable(x, dim)
     lse = torch.empty(R, device=x.device, dtype=accumulator_torch_dtype(x.dtype))
-    if x.numel() == 0:
-        return y, lse.fill_(float("-inf"))
     if row_layout(y.shape, y.stride(), dim) is None:
         y = torch.empty_like(x)
     _, _, (syo, syi, syc) = row_layout(y.shape, y.stride(), dim)
@@ -514,15 +622,15 @@ def log_softmax_backward(dy, x, lse, dim):
     return dx
 
 
-def _loss_buffers(target, dtype, reduction, num_programs):
+def _loss_buffers(per_row_shape, device, dtype, reduction, num_programs):
     """The output of the forward kernels: per-row losses for 'none', partial sums otherwise."""
     acc_torch = accumulator_torch_dtype(dtype)
     if reduction == "none":
-        loss = torch.empty(target.shape, device=target.device, dtype=dtype)
+        loss = torch.empty(per_row_shape, device=device, dtype=dtype)
         return loss, loss, loss
     # At least one slot, so that an empty batch still hands the reduction valid pointers.
-    parts = torch.empty((2, max(num_programs, 1)), device=target.device, dtype=acc_torch)
-    return torch.empty((), device=target.device, dtype=dtype), parts[0], parts[1]
+    parts = torch.empty((2, max(num_programs, 1)), device=device, dtype=acc_torch)
+    return torch.empty((), device=device, dtype=dtype), parts[0], parts[1]
 
 
 def _reduce(loss, part_loss, part_weight, reduction, num_programs, dtype):
@@ -558,7 +666,7 @@ def cross_entropy_forward(logits, target, weight, reduction, ignore_index, label
     C = logits.shape[1]
     target, (sto, sti) = _per_row_strides(target)
     grid, blocks = _launch_kwargs(R, C, sxc)
-    loss, part_loss, part_weight = _loss_buffers(target, logits.dtype, reduction, grid[0])
+    loss, part_loss, part_weight = _loss_buffers(target.shape, target.device, logits.dtype, reduction, grid[0])
     lse = torch.empty(R, device=logits.device, dtype=acc_torch)
     smoothing = label_smoothing > 0.0
     weight_sum = _weight_sum(weight, C, logits.dtype, logits.device) if smoothing else lse
@@ -609,7 +717,8 @@ def nll_loss_forward(input, target, weight, reduction, ignore_index):
     # One gathered element per row: a one-dimensional tile of rows.
     block_r = min(_next_pow2(R), TILE_ELEMENTS)
     num_programs = triton.cdiv(R, block_r)
-    loss, part_loss, part_weight = _loss_buffers(target, input.dtype, reduction, num_programs)
+    loss, part_loss, part_weight = _loss_buffers(target.shape, target.device, input.dtype, reduction,
+                                                  num_programs)
     if R:
         nll_loss_forward_kernel[(num_programs,)](
             input, target, weight if weight is not None else part_loss, loss, part_loss, part_weight,
@@ -638,3 +747,80 @@ def nll_loss_backward(grad, target, weight, total_weight, input_shape, dtype, re
         HAS_WEIGHT=weight is not None, MEAN=reduction == "mean", **blocks, ACC_DTYPE=accumulator_dtype(dtype),
     )
     return dx
+
+
+def _smoothing(label_smoothing, classes, logits):
+    """(1 - eps, eps / C) in the accumulator dtype: a Python float reaches a kernel as fp32, and
+    fp64 gradchecks need these exact."""
+    values = [1.0 - label_smoothing, label_smoothing / classes]
+    return torch.tensor(values, dtype=accumulator_torch_dtype(logits.dtype), device=logits.device)
+
+
+def cross_entropy_probs_forward(logits, target, weight, reduction, label_smoothing):
+    """Cross-entropy of (N, C, *spatial) logits against a target of class probabilities of the same shape.
+
+    Returns ``(loss, lse, mass, rows)``: the loss in the logits' dtype (per row for 'none', a
+    scalar otherwise), the per-row log-sum-exp and mass sum_c w_c t'_c in fp32 (fp64 for fp64
+    logits), and the row count (the denominator of 'mean'). `weight` is None or contiguous.
+    """
+    _check_reduction(reduction)
+    acc_torch = accumulator_torch_dtype(logits.dtype)
+    per_row_shape = (logits.shape[0], *logits.shape[2:])
+    R, C = torch.Size(per_row_shape).numel(), logits.shape[1]
+    lse = torch.empty(R, device=logits.device, dtype=acc_torch)
+    mass = torch.empty(R, device=logits.device, dtype=acc_torch)
+    if logits.numel() == 0:
+        # No row or no class: torch's 'none' gives zeros, 'sum' 0 and 'mean' 0/0 = nan (a
+        # reduction over no partial sums, which the reduce kernel divides by a total of 0).
+        loss, part_loss, part_weight = _loss_buffers(per_row_shape, logits.device, logits.dtype, reduction, 0)
+        if reduction == "none":
+            return loss.zero_(), lse, mass, torch.zeros((), device=logits.device, dtype=acc_torch)
+        return loss, lse, mass, _reduce(loss, part_loss, part_weight, reduction, 0, logits.dtype)
+    logits, (_, inner, (sxo, sxi, sxc)) = _addressable(logits, 1)
+    target, (_, _, (sto, sti, stc)) = _addressable(target, 1)
+    grid, blocks = _launch_kwargs(R, C, sxc)
+    loss, part_loss, part_weight = _loss_buffers(per_row_shape, logits.device, logits.dtype, reduction, grid[0])
+    cross_entropy_probs_forward_kernel[grid](
+        logits, target, weight if weight is not None else lse, _smoothing(label_smoothing, C, logits), lse, mass,
+        loss, part_loss, part_weight, R, C, inner, sxo, sxi, sxc, sto, sti, stc,
+        HAS_WEIGHT=weight is not None, SMOOTHING=label_smoothing > 0.0, PER_ROW_LOSS=reduction == "none",
+        **blocks, ACC_DTYPE=accumulator_dtype(logits.dtype),
+    )
+    rows = _reduce(loss, part_loss, part_weight, reduction, grid[0], logits.dtype)
+    return loss, lse, mass, rows
+
+
+def _output_like(t, dim):
+    """An uninitialised tensor like `t` whose layout `row_layout` accepts along `dim`, and that layout."""
+    out = torch.empty_like(t)
+    if row_layout(out.shape, out.stride(), dim) is None:
+        out = torch.empty_like(t, memory_format=torch.contiguous_format)
+    return out, row_layout(out.shape, out.stride(), dim)[2]
+
+
+def cross_entropy_probs_backward(grad, logits, target, weight, lse, mass, rows, reduction, label_smoothing,
+                                 need_logits=True, need_target=True):
+    """(dlogits, dtarget) of `cross_entropy_probs_forward`, each None unless asked for."""
+    _check_reduction(reduction)
+    dx = torch.empty_like(logits) if need_logits else None
+    dtarget = torch.empty_like(target) if need_target else None
+    if logits.numel() == 0 or not (need_logits or need_target):
+        return dx, dtarget
+    logits, (R, inner, (sxo, sxi, sxc)) = _addressable(logits, 1)
+    target, (_, _, (sto, sti, stc)) = _addressable(target, 1)
+    dx_strides = dt_strides = (0, 0, 0)
+    if need_logits:
+        dx, dx_strides = _output_like(dx, 1)
+    if need_target:
+        dtarget, dt_strides = _output_like(dtarget, 1)
+    grad, (sgo, sgi) = _per_row_strides(grad)
+    grid, blocks = _launch_kwargs(R, logits.shape[1], sxc)
+    cross_entropy_probs_backward_kernel[grid](
+        logits, target, weight if weight is not None else lse, _smoothing(label_smoothing, logits.shape[1], logits),
+        lse, mass, grad, rows, dx if need_logits else lse, dtarget if need_target else lse,
+        R, logits.shape[1], inner,
+        sxo, sxi, sxc, sto, sti, stc, sgo, sgi, *dx_strides, *dt_strides,
+        HAS_WEIGHT=weight is not None, SMOOTHING=label_smoothing > 0.0, MEAN=reduction == "mean",
+        NEED_DX=need_logits, NEED_DTARGET=need_target, **blocks, ACC_DTYPE=accumulator_dtype(logits.dtype),
+    )
+    return dx, dtarget

@@ -10,21 +10,24 @@ What follows torch, and where it stops:
     materialised. An additive mask that requires grad gets its gradient dS, which the backward
     builds as a dense (B, Hq, Sq, Sk) buffer (one extra attention-matrix of memory) and sums over
     the broadcast dims.
-  * is_causal is top-left aligned (torch's tril(ones(Sq, Sk))); with an attn_mask as well, both
-    apply, as in torch's math backend.
+  * is_causal is top-left aligned (torch's tril(ones(Sq, Sk))). With an attn_mask as well, both
+    apply, as torch's fused CPU kernel computes; torch's math backend (and its documentation)
+    refuse the pair instead, so torch's answer depends on the backend it picks.
   * A query row that sees no key outputs 0 with zero gradients, as torch's math backend does.
-  * Stricter than torch's math backend, which broadcasts through matmul: the batch dims of q, k
-    and v must be equal, k and v need q's number of heads unless enable_gqa=True, and k and v
-    must have the same sequence length. torch's fused backends require the same.
+  * The leading (batch and head) dims of q, k and v broadcast as in torch's math backend (a 3-D
+    query against 4-D key and value, a batch of 1, one key/value head): expanded views with
+    stride 0, read in place; autograd sums the gradients over the broadcast dims.
   * dropout_p > 0 draws a seed from torch's generator (reproducible under torch.manual_seed); the
-    mask is Triton's Philox, not torch's, and is regenerated in the backward, never stored.
+    mask is Triton's Philox, not torch's, and is regenerated in the backward, never stored. As in
+    torch, p > 1 is refused and p <= 0 (or nan) means no dropout.
+  * Double backward is refused (an error naming the op), as with FlashAttention.
 """
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from tritonprop import backend
 from tritonprop.kernels import attention as K
@@ -49,8 +52,8 @@ class AttentionFn(torch.autograd.Function):
         return o
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, do):
+        _checks.refuse_double_backward(OP)
         q, k, v, o, lse, mask, seed = ctx.saved_tensors
         is_causal, scale, dropout_p = ctx.options
         need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
@@ -62,66 +65,112 @@ class AttentionFn(torch.autograd.Function):
 
 
 def _attention(q, k, v, mask, dropout_p, is_causal, scale, out_order=(0, 1, 2, 3)):
-    """AttentionFn on validated 4-D tensors; `mask` broadcastable to (B, Hq, Sq, Sk) or None."""
-    B, Hq, Sq, _ = q.shape
+    """AttentionFn on validated 4-D tensors; `mask` broadcastable to (B, Hq, Sq, Sk) or None.
+
+    dropout_p <= 0 (or nan) means no dropout, as in torch, which drops only when p > 0.
+    """
+    B, Hq, Sq, D = q.shape
     Sk = k.shape[2]
     if mask is not None:
         # stride 0 on broadcast dims: the kernels read the mask in place.
         mask = mask.expand(B, Hq, Sq, Sk)
+    dropout_p = float(dropout_p) if dropout_p > 0 else 0.0
     seed = reference.draw_seed(q.device) if dropout_p > 0 else torch.zeros(1, dtype=torch.int64, device=q.device)
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if D == 0:
+        # An empty dot product is 0 whatever the scale: torch's 1 / sqrt(0) meets an empty matmul
+        # and every score is 0 (uniform attention), which scale 0 reproduces without an inf.
+        scale = 0.0
+    else:
+        scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     with torch.autocast(q.device.type, enabled=False):
-        return AttentionFn.apply(q, k, v, mask, bool(is_causal), scale, float(dropout_p), seed, out_order)
+        return AttentionFn.apply(q, k, v, mask, bool(is_causal), scale, dropout_p, seed, out_order)
 
 
-def _validate(query, key, value, attn_mask, dropout_p, scale, enable_gqa):
+def _check_dropout_p(op, dropout_p):
+    """torch's SDPA takes any real p, rejects p > 1 and drops nothing unless p > 0."""
+    if not isinstance(dropout_p, numbers.Real):
+        raise TypeError(f"{op}: dropout_p must be a float, got {type(dropout_p).__name__}")
+    if dropout_p > 1.0:
+        raise RuntimeError(f"{op}: dropout probability has to be between 0 and 1, but got {dropout_p}")
+
+
+def _check_scale(scale):
+    # torch reads scale as a Python float: any real number, or a one-element tensor converted by value.
+    if scale is None or isinstance(scale, numbers.Real):
+        return scale
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        return float(scale)
+    raise TypeError(f"{OP}: scale must be a float or None, got {type(scale).__name__}")
+
+
+def _broadcast(query, key, value, enable_gqa):
+    """q, k, v expanded (stride 0, no copy) to common leading dims, as torch's math backend broadcasts them.
+
+    With enable_gqa, key and value heads must divide the query's. When both have the same count,
+    the kernels map query head h to key/value head h // G without a copy; when they differ, the
+    one unlike the query's is repeated (a copy), as torch's repeat_interleave does.
+    """
+    grouped = False
+    if enable_gqa and min(query.dim(), key.dim(), value.dim()) >= 3:
+        heads_q, heads_k, heads_v = query.shape[-3], key.shape[-3], value.shape[-3]
+        for heads in (heads_k, heads_v):
+            if heads != heads_q and (heads == 0 or heads_q % heads):
+                raise RuntimeError(f"{OP}: number of heads in key and value ({heads_k} and {heads_v}) must divide "
+                                   f"the number of heads in query ({heads_q}) with enable_gqa=True")
+        grouped = heads_k == heads_v != heads_q
+        if heads_k != heads_v:
+            key, value = (t if t.shape[-3] == heads_q else t.repeat_interleave(heads_q // t.shape[-3], dim=-3)
+                          for t in (key, value))
+    try:
+        if grouped:
+            batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+            lead_q, lead_kv = (*batch, query.shape[-3]), (*batch, key.shape[-3])
+        else:
+            lead_q = lead_kv = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    except RuntimeError:
+        raise RuntimeError(f"{OP}: the leading (batch and head) dims of query {list(query.shape[:-2])}, key "
+                           f"{list(key.shape[:-2])} and value {list(value.shape[:-2])} do not broadcast") from None
+    return (query.expand(*lead_q, *query.shape[-2:]), key.expand(*lead_kv, *key.shape[-2:]),
+            value.expand(*lead_kv, *value.shape[-2:]))
+
+
+def _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
     for name, t in (("query", query), ("key", key), ("value", value)):
         _checks.check_tensor(OP, name, t)
-        _checks.check_floating(OP, name, t)
+    for name, flag in (("is_causal", is_causal), ("enable_gqa", enable_gqa)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{OP}: {name} must be a bool, got {type(flag).__name__}")
     if min(query.dim(), key.dim(), value.dim()) < 2:
         raise RuntimeError(f"{OP}: expected query, key, and value to all be at least 2 dimensional, but got "
                            f"query.dim: {query.dim()} key.dim: {key.dim()} and value.dim: {value.dim()} instead.")
-    for name, t in (("key", key), ("value", value)):
-        if t.dim() != query.dim():
-            raise RuntimeError(f"{OP}: {name} has {t.dim()} dims but query has {query.dim()}; they must match")
     if not query.dtype == key.dtype == value.dtype:
         raise RuntimeError(f"{OP}: expected query, key, and value to have the same dtype, but got query.dtype: "
                            f"{query.dtype} key.dtype: {key.dtype} and value.dtype: {value.dtype} instead.")
+    if not query.is_floating_point():
+        # torch's matmul has no integer kernel here and raises RuntimeError.
+        raise RuntimeError(f"{OP}: query, key and value must be floating-point tensors, got {query.dtype}")
     if key.shape[-1] != query.shape[-1]:
         raise RuntimeError(f"{OP}: key's head dim ({key.shape[-1]}) must equal query's ({query.shape[-1]})")
     if value.shape[-2] != key.shape[-2]:
         raise RuntimeError(f"{OP}: value's sequence length ({value.shape[-2]}) must equal key's ({key.shape[-2]})")
-    for name, t in (("key", key), ("value", value)):
-        if t.shape[:-3] != query.shape[:-3]:
-            raise RuntimeError(f"{OP}: {name}'s batch dims {list(t.shape[:-3])} must equal query's "
-                               f"{list(query.shape[:-3])}")
-    if query.dim() >= 3:
-        heads_q, heads_k, heads_v = query.shape[-3], key.shape[-3], value.shape[-3]
-        if heads_v != heads_k:
-            raise RuntimeError(f"{OP}: value has {heads_v} heads but key has {heads_k}; they must match")
-        if enable_gqa and heads_q % heads_k:
-            raise RuntimeError(f"{OP}: number of heads in key and value ({heads_k}) must divide the number of "
-                               f"heads in query ({heads_q}) with enable_gqa=True")
-        if not enable_gqa and heads_k != heads_q:
-            raise RuntimeError(f"{OP}: key has {heads_k} heads but query has {heads_q}; pass enable_gqa=True "
-                               "for grouped-query attention")
-    if not 0.0 <= dropout_p <= 1.0:
-        raise RuntimeError(f"{OP}: dropout probability has to be between 0 and 1, but got {dropout_p}")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"{OP}: scale must be a number or None, got {type(scale).__name__}")
+    _check_dropout_p(OP, dropout_p)
+    scale = _check_scale(scale)
     if attn_mask is not None:
         _checks.check_tensor(OP, "attn_mask", attn_mask)
         if attn_mask.dtype != torch.bool and attn_mask.dtype not in (torch.float32, query.dtype):
             raise RuntimeError(f"{OP}: expected attn_mask dtype to be bool or float or to match query dtype, but got "
                                f"attn_mask.dtype: {attn_mask.dtype} and query.dtype: {query.dtype} instead.")
-        scores = (*query.shape[:-1], key.shape[-2])
-        try:
-            broadcasts = torch.broadcast_shapes(attn_mask.shape, scores) == scores
-        except RuntimeError:
-            broadcasts = False
-        if not broadcasts:
-            raise RuntimeError(f"{OP}: attn_mask of shape {list(attn_mask.shape)} does not broadcast to the "
-                               f"attention scores' shape {list(scores)} (..., heads, Sq, Sk)")
+    return scale
+
+
+def _check_mask_shape(attn_mask, scores):
+    try:
+        broadcasts = torch.broadcast_shapes(attn_mask.shape, scores) == scores
+    except RuntimeError:
+        broadcasts = False
+    if not broadcasts:
+        raise RuntimeError(f"{OP}: attn_mask of shape {list(attn_mask.shape)} does not broadcast to the "
+                           f"attention scores' shape {list(scores)} (..., heads, Sq, Sk)")
 
 
 def _as_4d(t: torch.Tensor) -> torch.Tensor:
@@ -136,13 +185,16 @@ def _as_4d(t: torch.Tensor) -> torch.Tensor:
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                                  enable_gqa=False):
     """`torch.nn.functional.scaled_dot_product_attention`, computed by fused Triton kernels."""
-    _validate(query, key, value, attn_mask, dropout_p, scale, enable_gqa)
+    scale = _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     if backend.use_reference():
         return reference.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                                       enable_gqa)
     backend.check_devices(OP, query=query, key=key, value=value, attn_mask=attn_mask)
-    query, key, value, attn_mask = cast_to_lower_precision(query.device.type, [query, key, value, attn_mask])
+    query, key, value = _broadcast(query, key, value, enable_gqa)
     scores = (*query.shape[:-1], key.shape[-2])
+    if attn_mask is not None:
+        _check_mask_shape(attn_mask, scores)
+    query, key, value, attn_mask = cast_to_lower_precision(query.device.type, [query, key, value, attn_mask])
     mask = None
     if attn_mask is not None:
         # Expanded first, so that merging the leading dims is a view for every mask of <= 4 dims.
@@ -233,13 +285,55 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         return (q, _heads(linear(key, w[E:2 * E], bias(E, 2 * E)), H, 1)[0],
                 _heads(linear(value, w[2 * E:], bias(2 * E, 3 * E)), H, 1)[0])
 
-    def _check_masks(self, key_padding_mask, attn_mask, is_causal, batch, tgt_len, src_len):
+    def _check_shapes(self, query, key, value, key_padding_mask, attn_mask):
+        """torch's own checks of F.multi_head_attention_forward, on the caller's layout, with its types:
+        AssertionError for ranks, dtypes of masks, embedding sizes and key/value agreement."""
+        if query.dim() not in (2, 3):
+            raise AssertionError(f"{MHA}: query should be unbatched 2D or batched 3D tensor but received "
+                                 f"{query.dim()}-D query tensor")
+        batched = query.dim() == 3
+        if key.dim() != query.dim() or value.dim() != query.dim():
+            raise AssertionError(f"{MHA}: for {query.dim()}-D query, expected key and value to be {query.dim()}-D "
+                                 f"but found {key.dim()}-D and {value.dim()}-D tensors respectively")
         for name, mask in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
-            if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
-                raise TypeError(f"{MHA}: only bool and floating types of {name} are supported, got {mask.dtype}")
-        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, src_len):
-            raise RuntimeError(f"{MHA}: expected key_padding_mask of shape {[batch, src_len]} (batch, source length), "
-                               f"got {list(key_padding_mask.shape)}")
+            if mask is None:
+                continue
+            _checks.check_tensor(MHA, name, mask)
+            if mask.dtype != torch.bool and not mask.is_floating_point():
+                raise AssertionError(f"{MHA}: only bool and floating types of {name} are supported, got {mask.dtype}")
+        if key_padding_mask is not None and key_padding_mask.dim() != (2 if batched else 1):
+            raise AssertionError(f"{MHA}: for {query.dim()}-D query, expected key_padding_mask to be None or "
+                                 f"{2 if batched else 1}-D but found {key_padding_mask.dim()}-D tensor instead")
+        if attn_mask is not None and attn_mask.dim() not in (2, 3):
+            raise AssertionError(f"{MHA}: expected attn_mask to be None, 2-D or 3-D but found {attn_mask.dim()}-D "
+                                 "tensor instead")
+        if query.shape[-1] != self.embed_dim:
+            raise AssertionError(f"{MHA}: was expecting embedding dimension of {self.embed_dim} (embed_dim), but "
+                                 f"query has {query.shape[-1]}")
+        if self._qkv_same_embed_dim:
+            if key.shape != value.shape:
+                raise AssertionError(f"{MHA}: key shape {list(key.shape)} does not match value shape "
+                                     f"{list(value.shape)}")
+            if key.shape[-1] != self.embed_dim:
+                # torch's packed projection fails in its matmul here.
+                raise RuntimeError(f"{MHA}: key and value must have embed_dim ({self.embed_dim}) features, got "
+                                   f"{key.shape[-1]}")
+        else:
+            if key.shape[:-1] != value.shape[:-1]:
+                raise AssertionError(f"{MHA}: key's sequence and batch dims {list(key.shape[:-1])} do not match "
+                                     f"value's {list(value.shape[:-1])}")
+            for name, t, size in (("key", key, self.kdim), ("value", value, self.vdim)):
+                if t.shape[-1] != size:
+                    raise AssertionError(f"{MHA}: {name} has {t.shape[-1]} features but the module was built with "
+                                         f"{'kdim' if name == 'key' else 'vdim'}={size}")
+        if not batched and attn_mask is not None and attn_mask.dim() == 3:
+            expected = (self.num_heads, query.shape[0], key.shape[0])
+            if tuple(attn_mask.shape) != expected:
+                raise AssertionError(f"{MHA}: expected attn_mask shape to be {list(expected)} but got "
+                                     f"{list(attn_mask.shape)}")
+
+    def _check_masks(self, key_padding_mask, attn_mask, is_causal, batch, tgt_len, src_len):
+        """The checks that follow the layout change: (B, L, E) tensors, 3-D masks for B * H."""
         if attn_mask is not None:
             if attn_mask.dim() == 2 and tuple(attn_mask.shape) != (tgt_len, src_len):
                 raise RuntimeError(f"{MHA}: the shape of the 2D attn_mask is {list(attn_mask.shape)}, but should be "
@@ -247,8 +341,9 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
             if attn_mask.dim() == 3 and tuple(attn_mask.shape) != (batch * self.num_heads, tgt_len, src_len):
                 raise RuntimeError(f"{MHA}: the shape of the 3D attn_mask is {list(attn_mask.shape)}, but should be "
                                    f"{[batch * self.num_heads, tgt_len, src_len]}.")
-            if attn_mask.dim() not in (2, 3):
-                raise RuntimeError(f"{MHA}: attn_mask's dimension {attn_mask.dim()} is not supported")
+        if key_padding_mask is not None and tuple(key_padding_mask.shape) != (batch, src_len):
+            raise AssertionError(f"{MHA}: expected key_padding_mask of shape {[batch, src_len]} (batch, source "
+                                 f"length), got {list(key_padding_mask.shape)}")
         if is_causal and attn_mask is None:
             raise RuntimeError(f"{MHA}: need attn_mask if specifying the is_causal hint. You may use the Transformer "
                                "module method `generate_square_subsequent_mask` to create this mask.")
@@ -260,9 +355,7 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                                    average_attn_weights, is_causal)
         for name, t in (("query", query), ("key", key), ("value", value)):
             _checks.check_tensor(MHA, name, t)
-        if query.dim() not in (2, 3) or key.dim() != query.dim() or value.dim() != query.dim():
-            raise RuntimeError(f"{MHA}: query, key and value must all be 3-D (batched) or all 2-D (unbatched), got "
-                               f"{query.dim()}-D, {key.dim()}-D and {value.dim()}-D")
+        self._check_shapes(query, key, value, key_padding_mask, attn_mask)
         batched = query.dim() == 3
         # Everything below is batch first: (B, L, E). Transposes are views, taken once per distinct
         # tensor so that `query is key` still tells self-attention apart.
@@ -273,17 +366,18 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         elif not self.batch_first:
             query, key, value = _same_views(lambda t: t.transpose(0, 1), query, key, value)
         batch, tgt_len, src_len = query.shape[0], query.shape[1], key.shape[1]
-        if query.shape[-1] != self.embed_dim:
-            raise RuntimeError(f"{MHA}: query's last dim ({query.shape[-1]}) must be embed_dim ({self.embed_dim})")
-        if key.shape[:2] != value.shape[:2]:
-            raise RuntimeError(f"{MHA}: key's batch and sequence dims {list(key.shape[:2])} must match value's "
-                               f"{list(value.shape[:2])}")
+        if key.shape[0] != batch:
+            # torch fails in a reshape here; the kernels would read past the end of key and value.
+            raise RuntimeError(f"{MHA}: key and value have batch size {key.shape[0]}, but query has {batch}; "
+                               "they must match")
         self._check_masks(key_padding_mask, attn_mask, is_causal, batch, tgt_len, src_len)
+        dropout_p = self.dropout if self.training else 0.0
+        if not need_weights:
+            _check_dropout_p(MHA, dropout_p)
 
         q, k, v = self._project(query, key, value)
         mask = _merge_masks(key_padding_mask, None if is_causal else attn_mask, batch, self.num_heads, tgt_len,
                             src_len, q.dtype)
-        dropout_p = self.dropout if self.training else 0.0
         if need_weights:
             weights = reference.attention_probabilities(q, k, mask, is_causal)
             weights = dropout(weights, dropout_p, self.training)

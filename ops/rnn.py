@@ -12,11 +12,12 @@
 
 Each layer is one `RNNLayerFn` (both directions; kernels/rnn.py); layers, dropout between them
 (tritonprop's dropout kernel) and packing are composed here, with autograd joining them.
+Double backward (create_graph=True) is refused with an error naming the op: the BPTT kernels'
+backward is not itself differentiable.
 """
 from __future__ import annotations
 
 import torch
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from tritonprop import backend
@@ -41,8 +42,8 @@ class RNNCellFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
+        _checks.refuse_double_backward(OP_CELL)
         x, h, w_ih, w_hh, y = ctx.saved_tensors
         need_x, need_h, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad[:6]
         need_bias = ctx.has_bias and (need_b_ih or need_b_hh)
@@ -67,8 +68,8 @@ class RNNLayerFn(torch.autograd.Function):
         return output, h_n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, d_output, dh_n):
+        _checks.refuse_double_backward(OP)
         x, hidden, lengths, *weights = ctx.saved_tensors
         grouped = _group_by_direction(weights, ctx.num_directions)
         need_x, need_h0 = ctx.needs_input_grad[:2]
@@ -93,26 +94,26 @@ def _group_by_direction(weights, num_directions):
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_nonlinearity(op, nonlinearity):
+def _check_nonlinearity(op, nonlinearity, error=ValueError):
+    # torch.nn.RNN's constructor raises ValueError; RNNCell's forward raises RuntimeError.
     if nonlinearity not in NONLINEARITIES:
-        raise ValueError(f"{op}: Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
+        raise error(f"{op}: Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
 
 
-def _check_dtypes(op, input, named):
+def _check_dtypes(op, input, named, error):
     """Every tensor shares input's dtype (torch's RNNs require it), unless autocast will cast them all."""
     if torch.is_autocast_enabled(input.device.type):
         return
     for name, t in named:
         if t is not None and t.dtype != input.dtype:
-            raise ValueError(f"{op}: input dtype ({input.dtype}) does not match {name} dtype ({t.dtype}). "
-                             f"Convert input: input.to({t.dtype}), or convert the {name}: .to({input.dtype})")
+            raise error(f"{op}: input dtype ({input.dtype}) does not match {name} dtype ({t.dtype}). "
+                        f"Convert input: input.to({t.dtype}), or convert the {name}: .to({input.dtype})")
 
 
 def _validate_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
-    _check_nonlinearity(OP_CELL, nonlinearity)
+    _check_nonlinearity(OP_CELL, nonlinearity, RuntimeError)
     for name, t in (("input", input), ("w_ih", w_ih), ("w_hh", w_hh)):
         _checks.check_tensor(OP_CELL, name, t)
-        _checks.check_floating(OP_CELL, name, t)
     if input.dim() not in (1, 2):
         raise ValueError(f"{OP_CELL}: Expected input to be 1D or 2D, got {input.dim()}D instead")
     if w_ih.dim() != 2 or w_hh.dim() != 2 or w_hh.shape[1] != w_hh.shape[0] or w_ih.shape[0] != w_hh.shape[0]:
@@ -121,8 +122,6 @@ def _validate_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
     hidden_size, input_size = w_ih.shape
     if input.shape[-1] != input_size:
         raise RuntimeError(f"{OP_CELL}: input has inconsistent input_size: got {input.shape[-1]} expected {input_size}")
-    if (b_ih is None) != (b_hh is None):
-        raise ValueError(f"{OP_CELL}: b_ih and b_hh must both be given or both be None")
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             _checks.check_tensor(OP_CELL, name, b)
@@ -140,7 +139,10 @@ def _validate_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
         if input.dim() == 2 and hx.shape[0] != input.shape[0]:
             raise RuntimeError(f"{OP_CELL}: Input batch size {input.shape[0]} doesn't match hx (hidden0) batch size "
                                f"{hx.shape[0]}")
-    _check_dtypes(OP_CELL, input, (("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)))
+    # torch's cell fails in its matmul, with RuntimeError, on any dtype mismatch.
+    _check_dtypes(OP_CELL, input, (("hx", hx), ("w_ih", w_ih), ("w_hh", w_hh), ("b_ih", b_ih), ("b_hh", b_hh)),
+                  RuntimeError)
+    _checks.check_floating(OP_CELL, "input", input)
 
 
 def _validate_sequence(data, packed, hx, weights, nonlinearity, num_layers, bias, dropout, bidirectional):
@@ -151,7 +153,6 @@ def _validate_sequence(data, packed, hx, weights, nonlinearity, num_layers, bias
         raise ValueError(f"{OP}: dropout should be a number in range [0, 1] representing the probability of an "
                          f"element being zeroed, got {dropout!r}")
     _checks.check_tensor(OP, "input", data)
-    _checks.check_floating(OP, "input", data)
     if packed and data.dim() != 2:
         raise RuntimeError(f"{OP}: a packed input's data must have 2 dimensions, got {data.dim()}")
     if not packed and data.dim() not in (2, 3):
@@ -180,9 +181,13 @@ def _validate_sequence(data, packed, hx, weights, nonlinearity, num_layers, bias
                                            f"{w.shape[1]}, got {data.shape[-1]}")
                     raise RuntimeError(f"{OP}: weights[{first + k}] (layer {layer}, direction {d}) should have size "
                                        f"{list(shape)}, got {list(w.shape)}")
+    # As torch.nn.RNN: ValueError when the input's dtype is not the weights', RuntimeError (from
+    # its matmul) when only hx differs.
+    _check_dtypes(OP, data, [(f"weights[{k}]", w) for k, w in enumerate(weights)], ValueError)
+    _checks.check_floating(OP, "input", data)
     if hx is not None:
         _checks.check_tensor(OP, "hx", hx)
-    _check_dtypes(OP, data, [("hx", hx)] + [(f"weights[{k}]", w) for k, w in enumerate(weights)])
+    _check_dtypes(OP, data, [("hx", hx)], RuntimeError)
 
 
 def _check_hx(hx, expected, unbatched):
@@ -209,6 +214,9 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     input (B, I) or unbatched (I,); hx (B, H), (H,), or None for zeros. Returns h' of hx's shape.
     """
     _validate_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    if (b_ih is None) != (b_hh is None):
+        # torch's cell takes one bias alone; the kernel adds both, so the missing one is 0.
+        b_ih, b_hh = (b if b is not None else torch.zeros_like(b_ih if b_hh is None else b_hh) for b in (b_ih, b_hh))
     if backend.use_reference():
         return reference.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     backend.check_devices(OP_CELL, input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
@@ -302,11 +310,7 @@ def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, bat
 
 
 class RNNCell(torch.nn.RNNCell):
-    """Drop-in `torch.nn.RNNCell`. A wrong ``nonlinearity`` is refused at construction (torch waits for forward)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        _check_nonlinearity("RNNCell", self.nonlinearity)
+    """Drop-in `torch.nn.RNNCell`. As in torch, a wrong ``nonlinearity`` is refused by forward, with RuntimeError."""
 
     def forward(self, input, hx=None):
         return rnn_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity)

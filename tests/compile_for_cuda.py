@@ -183,6 +183,19 @@ def cross_entropy_kernels():
                 yield K.cross_entropy_backward_kernel, pointer, dict(
                     tiles, HAS_WEIGHT=on, SMOOTHING=on, MEAN=on, ACC_DTYPE=acc)
                 yield K.nll_loss_backward_kernel, pointer, dict(tiles, HAS_WEIGHT=on, MEAN=on, ACC_DTYPE=acc)
+        # Class-probability targets: the target (and its gradient) has the logits' dtype; the
+        # smoothing constants and the per-row probability mass are statistics.
+        def probs_pointer(name):
+            return acc_name if name in statistics | {"smoothing_ptr", "mass_ptr"} else dtype
+
+        for tiles in (dict(BLOCK_R=1, BLOCK_C=4096), dict(BLOCK_R=64, BLOCK_C=64)):
+            for on in (True, False):
+                yield K.cross_entropy_probs_forward_kernel, probs_pointer, dict(
+                    tiles, HAS_WEIGHT=on, SMOOTHING=on, PER_ROW_LOSS=on, ACC_DTYPE=acc)
+                yield K.cross_entropy_probs_backward_kernel, probs_pointer, dict(
+                    tiles, HAS_WEIGHT=on, SMOOTHING=on, MEAN=on, NEED_DX=on, NEED_DTARGET=True, ACC_DTYPE=acc)
+            yield K.cross_entropy_probs_backward_kernel, probs_pointer, dict(
+                tiles, HAS_WEIGHT=True, SMOOTHING=True, MEAN=True, NEED_DX=True, NEED_DTARGET=False, ACC_DTYPE=acc)
         # uint8 class indices, which torch accepts as well as int64.
         yield K.cross_entropy_forward_kernel, lambda name: pointer(name, "u8"), dict(
             BLOCK_R=1, BLOCK_C=4096, HAS_WEIGHT=True, SMOOTHING=True, PER_ROW_LOSS=False, ACC_DTYPE=acc)

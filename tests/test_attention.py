@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from helpers import assert_close, assert_gradcheck, assert_matches, record_copy_calls
 from tritonprop import backend
@@ -326,6 +327,94 @@ def test_empty_inputs(device, shape):
         assert t.grad.shape == t.shape and not t.grad.any()
 
 
+# (query, key, value) leading dims that torch's math backend broadcasts, and enable_gqa.
+BROADCASTS = {
+    "3d_query_4d_key_value": ((3,), (2, 3), (2, 3), False),
+    "4d_query_3d_key_value": ((2, 3), (3,), (3,), False),
+    "key_value_batch_of_one": ((2, 3), (1, 3), (1, 3), False),
+    "one_key_value_head": ((2, 3), (2, 1), (2, 1), False),
+    "5d_query_4d_key_value": ((2, 2, 3), (2, 3), (2, 3), False),
+    "gqa_with_batch_of_one": ((2, 4), (1, 2), (1, 2), True),
+    "gqa_key_and_value_heads_differ": ((2, 4), (2, 1), (2, 4), True),
+}
+
+
+@pytest.mark.parametrize("case", list(BROADCASTS))
+def test_leading_dims_broadcast_as_in_torch(device, case):
+    lead_q, lead_k, lead_v, gqa = BROADCASTS[case]
+    q = torch.randn(*lead_q, 5, 8, device=device, requires_grad=True)
+    k = torch.randn(*lead_k, 6, 8, device=device, requires_grad=True)
+    v = torch.randn(*lead_v, 6, 4, device=device, requires_grad=True)
+    mask = torch.randn(5, 6, device=device, requires_grad=True)
+    assert_matches(sdpa, {"torch": F.scaled_dot_product_attention}, q, k, v, mask, enable_gqa=gqa)
+
+
+def test_broadcast_key_and_value_are_read_in_place(device, monkeypatch):
+    q = torch.randn(2, 3, 5, 8, device=device, requires_grad=True)
+    k, v = torch.randn(3, 6, 8, device=device), torch.randn(3, 6, 8, device=device)
+    copies = record_copy_calls(monkeypatch)
+    sdpa(q, k, v).sum().backward()
+    assert copies == []
+
+
+def test_gradcheck_broadcast_query(device):
+    q = torch.randn(3, 4, 8, device=device, requires_grad=True)
+    k = torch.randn(2, 3, 5, 8, device=device, requires_grad=True)
+    v = torch.randn(1, 3, 5, 8, device=device, requires_grad=True)
+    assert_gradcheck(sdpa, q, k, v, fast_mode=True)
+
+
+def test_head_dim_zero_is_uniform_attention_as_in_torch(device):
+    q = torch.randn(1, 2, 4, 0, device=device, requires_grad=True)
+    k = torch.randn(1, 2, 5, 0, device=device, requires_grad=True)
+    v = torch.randn(1, 2, 5, 3, device=device, requires_grad=True)
+    for scale in (None, 0.5):
+        assert_matches(sdpa, {"torch": F.scaled_dot_product_attention}, q, k, v, scale=scale)
+
+
+@pytest.mark.parametrize("dropout_p", [-0.5, float("nan"), 0])
+def test_dropout_p_that_is_not_positive_drops_nothing_as_in_torch(device, dropout_p):
+    q, k, v, _ = Config("p0", 1, 2, 2, 4, 5, 8).tensors(device)
+
+    def torch_math(*args, **kwargs):
+        # torch's fused CPU backward refuses any p != 0; its math backend is the semantics.
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(*args, **kwargs)
+
+    assert_matches(sdpa, {"torch": torch_math}, q, k, v, dropout_p=dropout_p)
+
+
+def test_scale_as_int_bool_or_one_element_tensor_as_in_torch(device):
+    q, k, v, _ = Config("scale_types", 1, 2, 2, 4, 5, 8).tensors(device)
+    for scale in (2, True, torch.tensor(0.3)):
+        assert_matches(sdpa, {"torch": F.scaled_dot_product_attention}, q, k, v, scale=scale)
+
+
+def test_user_expanded_mask_is_read_in_place(device, monkeypatch):
+    q, k, v, _ = Config("expanded_mask", 2, 2, 2, 4, 5, 8).tensors(device)
+    mask = torch.randn(5, device=device).expand(2, 2, 4, 5)
+    assert mask.stride() == (0, 0, 0, 1)
+    copies = record_copy_calls(monkeypatch)
+    out = sdpa(q, k, v, mask)
+    assert copies == []
+    monkeypatch.undo()
+    assert_close(out, F.scaled_dot_product_attention(q, k, v, mask))
+
+
+@pytest.mark.parametrize("mask", ["none", "additive_grad"])
+def test_double_backward_is_refused_naming_the_op(device, mask):
+    q, k, v, attn_mask = Config("double", 1, 2, 2, 4, 5, 8, mask=mask).tensors(device)
+    out = sdpa(q, k, v, attn_mask)
+    with pytest.raises(RuntimeError, match="scaled_dot_product_attention: double backward is not supported"):
+        torch.autograd.grad(out.sum(), q, create_graph=True)
+    # First-order gradients are unchanged (and still what torch computes).
+    leaves = [t for t in (q, k, v, attn_mask) if t is not None]
+    ours = torch.autograd.grad(sdpa(q, k, v, attn_mask).sum(), leaves)
+    theirs = torch.autograd.grad(F.scaled_dot_product_attention(q, k, v, attn_mask).sum(), leaves)
+    for g, tg in zip(ours, theirs):
+        assert_close(g, tg)
+
+
 def test_autocast_casts_like_torch(device):
     q, k, v, mask = (t.detach() for t in Config("ac", 1, 2, 2, 5, 6, 16, mask="additive").tensors(device))
     with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -362,17 +451,20 @@ def test_float32_dot_precision_follows_the_matmul_tf32_flag(monkeypatch):
 @pytest.mark.parametrize("case,error,match", [
     ("head_dim_mismatch", RuntimeError, r"key's head dim \(4\) must equal query's \(8\)"),
     ("kv_length_mismatch", RuntimeError, r"value's sequence length \(3\) must equal key's \(6\)"),
-    ("gqa_heads_do_not_divide", RuntimeError, r"number of heads in key and value \(2\) must divide .* query \(3\)"),
-    ("heads_differ_without_gqa", RuntimeError, "key has 2 heads but query has 4; pass enable_gqa=True"),
-    ("kv_heads_differ", RuntimeError, "value has 1 heads but key has 2"),
+    ("gqa_heads_do_not_divide", RuntimeError,
+     r"number of heads in key and value \(2 and 2\) must divide .* query \(3\)"),
+    ("heads_do_not_broadcast", RuntimeError, r"leading \(batch and head\) dims of query \[2, 4\], key \[2, 2\]"),
     ("mask_does_not_broadcast", RuntimeError, r"attn_mask of shape \[3, 5, 6\] does not broadcast"),
     ("mask_integer", RuntimeError, "expected attn_mask dtype to be bool or float"),
     ("dtype_mismatch", RuntimeError, "expected query, key, and value to have the same dtype"),
     ("one_dimensional", RuntimeError, "at least 2 dimensional"),
-    ("rank_mismatch", RuntimeError, "key has 3 dims but query has 4"),
-    ("batch_mismatch", RuntimeError, r"key's batch dims \[3\] must equal query's \[2\]"),
-    ("integer_query", TypeError, "query must be a floating-point tensor"),
-    ("dropout_p", RuntimeError, "dropout probability has to be between 0 and 1"),
+    ("batch_mismatch", RuntimeError, r"leading \(batch and head\) dims of query \[2, 4\], key \[3, 4\]"),
+    ("integer_query", RuntimeError, "query, key and value must be floating-point tensors"),
+    ("dropout_p_above_one", RuntimeError, "dropout probability has to be between 0 and 1, but got 1.5"),
+    ("dropout_p_not_a_number", TypeError, "dropout_p must be a float, got str"),
+    ("scale_not_a_number", TypeError, "scale must be a float or None, got str"),
+    ("is_causal_not_bool", TypeError, "is_causal must be a bool, got int"),
+    ("enable_gqa_not_bool", TypeError, "enable_gqa must be a bool, got int"),
     ("not_a_tensor", TypeError, "value must be a torch.Tensor"),
 ])
 def test_bad_arguments_name_the_argument(case, error, match):
@@ -385,10 +477,8 @@ def test_bad_arguments_name_the_argument(case, error, match):
     elif case == "gqa_heads_do_not_divide":
         kwargs.update(query=torch.randn(2, 3, 5, 8), key=torch.randn(2, 2, 6, 8), value=torch.randn(2, 2, 6, 8),
                       enable_gqa=True)
-    elif case == "heads_differ_without_gqa":
+    elif case == "heads_do_not_broadcast":
         kwargs.update(key=torch.randn(2, 2, 6, 8), value=torch.randn(2, 2, 6, 8))
-    elif case == "kv_heads_differ":
-        kwargs.update(key=torch.randn(2, 2, 6, 8), value=torch.randn(2, 1, 6, 8), enable_gqa=True)
     elif case == "mask_does_not_broadcast":
         kwargs["attn_mask"] = torch.ones(3, 5, 6, dtype=torch.bool)
     elif case == "mask_integer":
@@ -397,17 +487,27 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs["key"] = k.double()
     elif case == "one_dimensional":
         kwargs["query"] = torch.randn(8)
-    elif case == "rank_mismatch":
-        kwargs.update(key=k[0], value=v[0])
     elif case == "batch_mismatch":
         kwargs.update(key=torch.randn(3, 4, 6, 8), value=torch.randn(3, 4, 6, 8))
     elif case == "integer_query":
-        kwargs["query"] = q.long()
-    elif case == "dropout_p":
+        kwargs.update(query=q.long(), key=k.long(), value=v.long())
+    elif case == "dropout_p_above_one":
         kwargs["dropout_p"] = 1.5
+    elif case == "dropout_p_not_a_number":
+        kwargs["dropout_p"] = "0.1"
+    elif case == "scale_not_a_number":
+        kwargs["scale"] = "0.1"
+    elif case == "is_causal_not_bool":
+        kwargs["is_causal"] = 1
+    elif case == "enable_gqa_not_bool":
+        kwargs["enable_gqa"] = 1
     elif case == "not_a_tensor":
         kwargs["value"] = v.tolist()
-    with pytest.raises(error, match=match):
+    # torch raises the same type. Its math backend is the one asked: the fused CPU kernel it would
+    # pick for some of these inputs skips checks (it returns a value for a short `value`).
+    with pytest.raises(error), sdpa_kernel(SDPBackend.MATH):
+        F.scaled_dot_product_attention(**kwargs)
+    with pytest.raises(error, match=f"scaled_dot_product_attention: .*{match}"):
         sdpa(**kwargs)
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import PARITY_DTYPES, assert_close, assert_gradcheck, assert_matches
+from helpers import (PARITY_DTYPES, assert_close, assert_gradcheck, assert_gradgradcheck, assert_matches,
+                     record_copy_calls)
 from tritonprop import backend
 from tritonprop.kernels import cross_entropy as K
 from tritonprop.ops.cross_entropy import (
@@ -461,6 +462,14 @@ def test_legacy_size_average_and_reduce_map_like_torch(device, size_average, red
         assert_close(loss, expected)
 
 
+def test_label_smoothing_as_a_one_element_tensor_as_in_torch(device):
+    x = make_logits((4, 5), device)
+    target = make_target((4, 5), device)
+    smoothing = torch.tensor(0.2)
+    assert_matches(bound(cross_entropy, target), {"torch": bound(F.cross_entropy, target)}, x,
+                   label_smoothing=smoothing)
+
+
 def test_negative_label_smoothing_means_none_as_in_torch(device):
     x = make_logits((4, 5), device).detach()
     target = make_target((4, 5), device)
@@ -533,16 +542,258 @@ def test_reference_backend_routes_to_the_reference(device, monkeypatch):
     def kernel_must_not_run(*args, **kwargs):
         raise AssertionError("a Triton kernel ran under TRITONPROP_BACKEND=reference")
 
-    for name in ("cross_entropy_forward", "nll_loss_forward", "log_softmax_forward"):
+    for name in ("cross_entropy_forward", "cross_entropy_probs_forward", "nll_loss_forward", "log_softmax_forward"):
         monkeypatch.setattr(K, name, kernel_must_not_run)
     monkeypatch.setenv(backend.BACKEND_ENV, "reference")
     x = make_logits((4, 7), device)
     target = make_target((4, 7), device, ignore_index=-100)
     assert_close(cross_entropy(x, target, label_smoothing=0.1), F.cross_entropy(x, target, label_smoothing=0.1))
+    probabilities = make_probabilities((4, 7), device)
+    assert_close(cross_entropy(x, probabilities, label_smoothing=0.1),
+                 F.cross_entropy(x, probabilities, label_smoothing=0.1))
     assert_close(nll_loss(x, target), F.nll_loss(x, target))
     assert_close(log_softmax(x, 0), F.log_softmax(x, 0))
     with pytest.raises(IndexError, match="Target 9 is out of bounds"):
         cross_entropy(x, torch.tensor([0, 1, 2, 9], device=device))
+
+
+# ------------------------------------------------------------------------------------------------
+# Probability targets: a floating-point target shaped like the logits (class dim 1)
+# ------------------------------------------------------------------------------------------------
+
+
+def make_probabilities(shape, device="cpu", dtype=torch.float32):
+    """A target of class probabilities (class dim 1, or 0 for a 1-D input) that requires grad."""
+    dim = 0 if len(shape) == 1 else 1
+    return torch.softmax(torch.randn(shape, device=device), dim).to(dtype).requires_grad_()
+
+
+PROBABILITY_OPTIONS = [
+    dict(reduction="mean"),
+    dict(reduction="sum", weighted=True, label_smoothing=0.2),
+    dict(reduction="none", weighted=True, label_smoothing=0.1),
+]
+PROBABILITY_IDS = ["mean", "sum+weight+smoothing", "none+weight+smoothing"]
+
+
+def _probability_case(shape, device, dtype, options):
+    options = dict(options)
+    classes = shape[0] if len(shape) == 1 else shape[1]
+    weight = make_weight(classes, device, dtype) if options.pop("weighted", False) else None
+    return make_logits(shape, device, dtype), make_probabilities(shape, device, dtype), weight, options
+
+
+@pytest.mark.parametrize("options", PROBABILITY_OPTIONS, ids=PROBABILITY_IDS)
+@pytest.mark.parametrize("shape,block", [((4, 7), 4), ((2, 5, 3), 2), ((6,), 4)], ids=["N,C", "N,C,d", "C"])
+def test_gradcheck_probability_targets_wrt_input_and_target(device, monkeypatch, shape, block, options):
+    monkeypatch.setattr(K, "MAX_BLOCK_C", block)
+    x, target, weight, options = _probability_case(shape, device, torch.float64, options)
+    assert_gradcheck(cross_entropy, x, target, weight, fast_mode=True, **options)
+
+
+@pytest.mark.parametrize("options", PROBABILITY_OPTIONS, ids=PROBABILITY_IDS)
+@pytest.mark.parametrize("shape", [(6, 7), (2, 5, 3, 2), (7,)], ids=["N,C", "N,C,d1,d2", "C"])
+def test_probability_targets_match_reference_and_torch(device, monkeypatch, shape, options):
+    monkeypatch.setattr(K, "MAX_BLOCK_C", 4)
+    x, target, weight, options = _probability_case(shape, device, torch.float32, options)
+    assert_matches(cross_entropy, {"reference": reference.cross_entropy, "torch": F.cross_entropy}, x, target,
+                   weight, **options)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+def test_probability_targets_low_precision(device, dtype):
+    x, target, weight, _ = _probability_case((5, 6), device, dtype, dict(weighted=True))
+
+    def torch_in_float32(input, target, weight, **kwargs):
+        return F.cross_entropy(input.float(), target.float(), weight.float(), **kwargs).to(input.dtype)
+
+    assert_matches(cross_entropy, {"torch (fp32 math)": torch_in_float32}, x, target, weight, reduction="none",
+                   label_smoothing=0.1)
+
+
+def test_probability_targets_gradient_of_the_target_alone(device):
+    x = make_logits((4, 6), device).detach()
+    target = make_probabilities((4, 6), device)
+    assert_matches(cross_entropy, {"torch": F.cross_entropy}, x, target, reduction="sum", label_smoothing=0.3)
+    x.requires_grad_()
+    fixed = target.detach()
+    assert_matches(lambda a: cross_entropy(a, fixed), {"torch": lambda a: F.cross_entropy(a, fixed)}, x)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "channels_last"])
+def test_probability_targets_strided_logits_and_target_are_read_in_place(device, monkeypatch, layout):
+    if layout == "transposed":
+        x = make_logits((3, 4, 5), device).detach().transpose(1, 2).requires_grad_()  # class dim strided
+        target = torch.rand(3, 4, 5, device=device).transpose(1, 2).requires_grad_()
+    else:
+        x = make_logits((2, 5, 3, 2), device).detach().to(memory_format=torch.channels_last).requires_grad_()
+        target = make_probabilities((2, 5, 3, 2), device).detach().to(memory_format=torch.channels_last)
+        target.requires_grad_()
+    expected = F.cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+    g = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, target), g)
+    calls = record_copy_calls(monkeypatch)
+    loss = cross_entropy(x, target, reduction="none", label_smoothing=0.1)
+    grads = torch.autograd.grad(loss, (x, target), g)
+    assert calls == []
+    assert_close(loss, expected)
+    for ours, theirs in zip(grads, expected_grads):
+        assert_close(ours, theirs)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns about the 'mean' 0/0
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0), (2, 3, 0), (0,)], ids=["N=0", "C=0", "spatial=0", "C=0,1-D"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_probability_targets_on_empty_tensors_follow_torch(device, shape, reduction):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    target = torch.rand(shape, device=device, requires_grad=True)
+    loss = cross_entropy(x, target, reduction=reduction)
+    expected = F.cross_entropy(x, target, reduction=reduction)
+    assert loss.shape == expected.shape
+    assert torch.equal(loss.isnan(), expected.isnan()) and torch.equal(loss.nan_to_num(), expected.nan_to_num())
+    dx, dt = torch.autograd.grad(loss.sum(), (x, target))
+    assert dx.shape == x.shape and dt.shape == target.shape
+
+
+def test_probability_target_of_a_narrower_dtype_is_widened_as_torch_promotes(device):
+    x = make_logits((4, 5), device)
+    target = make_probabilities((4, 5), device, torch.float16)
+    assert_matches(cross_entropy, {"torch": F.cross_entropy}, x, target, label_smoothing=0.2)
+
+
+@pytest.mark.parametrize("case", ["wider_target", "wider_weight", "weight_requires_grad"])
+def test_probability_targets_not_implemented(case):
+    x, target, weight = torch.randn(4, 5), torch.rand(4, 5), None
+    if case == "wider_target":
+        target = target.double()
+    elif case == "wider_weight":
+        weight = torch.ones(5, dtype=torch.float64)
+    else:
+        weight = torch.ones(5, requires_grad=True)
+    F.cross_entropy(x, target, weight)  # torch computes each of these
+    with pytest.raises(NotImplementedError, match="cross_entropy: .*(weight|target)"):
+        cross_entropy(x, target, weight)
+
+
+# ------------------------------------------------------------------------------------------------
+# Class weights stored as strided or expanded views
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["every_other_element", "expanded_scalar"])
+def test_strided_and_expanded_class_weights(device, kind):
+    if kind == "every_other_element":
+        weight = make_weight(14, device)[::2]
+    else:
+        weight = torch.tensor(0.7, device=device).expand(7)
+    x = make_logits((5, 7), device)
+    target = make_target((5, 7), device, ignore_index=-100)
+    probabilities = make_probabilities((5, 7), device)
+    # The weight is bound, not passed: assert_matches copies its arguments, and an expanded
+    # tensor cannot be copied into its own layout.
+    cases = [(cross_entropy, F.cross_entropy, target, dict(label_smoothing=0.2)),
+             (nll_loss, F.nll_loss, target, dict(reduction="sum")),
+             (cross_entropy, F.cross_entropy, probabilities, {})]
+    for ours, theirs, t, kwargs in cases:
+        assert_matches(lambda a: ours(a, t, weight, **kwargs), {"torch": lambda a: theirs(a, t, weight, **kwargs)}, x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Empty tensors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5, 0, 0), (0, 3, 2), (2, 0), (0,)])
+def test_log_softmax_of_empty_tensors_along_every_dim(device, shape):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    for dim in range(-len(shape), len(shape)):
+        y = log_softmax(x, dim)
+        assert y.shape == F.log_softmax(x, dim).shape
+        (dx,) = torch.autograd.grad(y.sum(), x)
+        assert dx.shape == x.shape
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns about the 'mean' 0/0
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_index_losses_on_empty_spatial_dims_follow_torch(device, reduction):
+    x = torch.randn(2, 3, 0, device=device, requires_grad=True)
+    target = torch.zeros(2, 0, dtype=torch.long, device=device)
+    for ours, theirs in ((cross_entropy, F.cross_entropy), (nll_loss, F.nll_loss)):
+        loss, expected = ours(x, target, reduction=reduction), theirs(x, target, reduction=reduction)
+        assert loss.shape == expected.shape
+        assert torch.equal(loss.isnan(), expected.isnan())
+        (dx,) = torch.autograd.grad(loss.sum(), x)
+        assert dx.shape == x.shape
+
+
+# ------------------------------------------------------------------------------------------------
+# Double backward: every backward here is itself differentiable
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,dim", [((3, 4), 1), ((2, 3, 2), 1), ((3, 4), 0)])
+def test_gradgradcheck_log_softmax(device, shape, dim):
+    assert_gradgradcheck(log_softmax, make_logits(shape, device, torch.float64), dim, fast_mode=True)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradgradcheck_nll_loss(device, reduction, weighted):
+    x = make_logits((4, 3), device, torch.float64)
+    target = torch.tensor([0, 2, -100, 1], device=device)
+    weight = make_weight(3, device, torch.float64) if weighted else None
+    assert_gradgradcheck(nll_loss, x, target, weight, reduction=reduction, fast_mode=True)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2], ids=["no_smoothing", "smoothing"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradgradcheck_cross_entropy_class_indices(device, reduction, label_smoothing):
+    x = make_logits((4, 3), device, torch.float64)
+    target = torch.tensor([0, 2, 1, 1], device=device)
+    weight = make_weight(3, device, torch.float64)
+    assert_gradgradcheck(cross_entropy, x, target, weight, reduction=reduction, ignore_index=1,
+                         label_smoothing=label_smoothing, fast_mode=True)
+
+
+def test_gradgradcheck_cross_entropy_spatial_unweighted(device):
+    x = make_logits((2, 3, 2), device, torch.float64)
+    target = torch.tensor([[0, 2], [1, -100]], device=device)
+    assert_gradgradcheck(cross_entropy, x, target, fast_mode=True)
+
+
+@pytest.mark.parametrize("options", PROBABILITY_OPTIONS, ids=PROBABILITY_IDS)
+def test_gradgradcheck_cross_entropy_probability_targets(device, options):
+    x, target, weight, options = _probability_case((3, 4), device, torch.float64, options)
+    assert_gradgradcheck(cross_entropy, x, target, weight, fast_mode=True, **options)
+
+
+def _gradient_penalty_grad(loss_fn, x, *args):
+    """The WGAN-GP pattern: x.grad of sum((dloss/dx)^2), through a graph of the first gradient."""
+    x = x.detach().clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss_fn(x, *args).sum(), x, create_graph=True)
+    assert g.requires_grad
+    (g ** 2).sum().backward()
+    return x.grad
+
+
+@pytest.mark.parametrize("op", ["log_softmax", "nll_loss", "cross_entropy", "cross_entropy_probabilities"])
+def test_gradient_penalty_matches_torch(device, op):
+    x = make_logits((4, 5), device)
+    weight = make_weight(5, device)
+    target = torch.tensor([0, 4, -100, 2], device=device)
+    probabilities = make_probabilities((4, 5), device).detach()
+    ours, theirs, args = {
+        "log_softmax": (log_softmax, F.log_softmax, (1,)),
+        "nll_loss": (lambda a, t, w: nll_loss(a.tanh(), t, w), lambda a, t, w: F.nll_loss(a.tanh(), t, w),
+                     (target, weight)),
+        "cross_entropy": (lambda *a: cross_entropy(*a, label_smoothing=0.1),
+                          lambda *a: F.cross_entropy(*a, label_smoothing=0.1), (target, weight)),
+        "cross_entropy_probabilities": (lambda *a: cross_entropy(*a, label_smoothing=0.1),
+                                        lambda *a: F.cross_entropy(*a, label_smoothing=0.1), (probabilities, weight)),
+    }[op]
+    if op == "log_softmax":
+        ours, theirs = (lambda a, d: log_softmax(a, d) ** 2), (lambda a, d: F.log_softmax(a, d) ** 2)
+    assert_close(_gradient_penalty_grad(ours, x, *args), _gradient_penalty_grad(theirs, x, *args))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -551,21 +802,28 @@ def test_reference_backend_routes_to_the_reference(device, monkeypatch):
 
 # (case, error, message, torch raises the same type)
 CE_BAD_ARGUMENTS = [
-    ("probability_target", NotImplementedError, "probability targets", False),
+    ("float_target_of_another_shape", RuntimeError, "expected target dtype to be Long or Byte, but got torch.float32",
+     True),
+    ("integer_target_shaped_like_input", RuntimeError, "Expected floating point type for target with class "
+     "probabilities", True),
+    ("probability_target_ignore_index", RuntimeError, "ignore_index is not supported for floating point target", True),
+    ("probability_target_weight_size", RuntimeError, "weight tensor should be defined either for all 5 classes", True),
     ("int32_target", RuntimeError, "expected target dtype to be Long or Byte, but got torch.int32", True),
     ("target_out_of_range", IndexError, "Target 5 is out of bounds", True),
     ("negative_target", IndexError, "Target -3 is out of bounds", True),
     ("weight_size", RuntimeError, "weight tensor should be defined either for all 5 classes", True),
-    ("weight_dtype", TypeError, "weight has dtype torch.float64", False),
+    ("weight_dtype", RuntimeError, "expected scalar type torch.float32 but found torch.float64", True),
     ("weight_requires_grad", RuntimeError, "not differentiable with respect to weight", True),
     ("bad_reduction", ValueError, "avg is not a valid value for reduction", True),
     ("label_smoothing_above_one", RuntimeError, "label_smoothing must be between 0.0 and 1.0", True),
+    ("label_smoothing_tensor_above_one", RuntimeError, "label_smoothing must be between 0.0 and 1.0", True),
+    ("label_smoothing_not_a_number", TypeError, "label_smoothing must be a float, got str", True),
     ("batch_mismatch", ValueError, r"Expected input batch_size \(4\) to match target batch_size \(3\)", True),
     ("target_dims", RuntimeError, r"Expected target size \[4, 3\], got \[4\]", True),
     ("spatial_mismatch", RuntimeError, r"size mismatch \(got input: \[4, 5, 3\] , target: \[4, 2\]", True),
     ("multi_target", RuntimeError, "0D or 1D target tensor expected, multi-target not supported", True),
     ("unbatched_target_size", ValueError, "For 1D input, 1D target must have size 1, but got target size: 2", True),
-    ("integer_input", TypeError, "input must be a floating-point tensor", False),
+    ("integer_input", NotImplementedError, "input must be a floating-point tensor", True),
     ("input_not_tensor", TypeError, "input must be a torch.Tensor", True),
     ("target_not_tensor", TypeError, "target must be a torch.Tensor", True),
     ("ignore_index_float", TypeError, "ignore_index must be an int", True),
@@ -574,8 +832,14 @@ CE_BAD_ARGUMENTS = [
 
 def _bad_ce_arguments(case):
     kwargs = dict(input=torch.randn(4, 5), target=torch.tensor([0, 1, 4, 2]))
-    if case == "probability_target":
-        kwargs["target"] = torch.softmax(torch.randn(4, 5), 1)
+    if case == "float_target_of_another_shape":
+        kwargs["target"] = torch.rand(4)
+    elif case == "integer_target_shaped_like_input":
+        kwargs["target"] = torch.zeros(4, 5, dtype=torch.long)
+    elif case == "probability_target_ignore_index":
+        kwargs.update(target=torch.softmax(torch.randn(4, 5), 1), ignore_index=0)
+    elif case == "probability_target_weight_size":
+        kwargs.update(target=torch.softmax(torch.randn(4, 5), 1), weight=torch.ones(3))
     elif case == "int32_target":
         kwargs["target"] = kwargs["target"].int()
     elif case == "target_out_of_range":
@@ -592,6 +856,10 @@ def _bad_ce_arguments(case):
         kwargs["reduction"] = "avg"
     elif case == "label_smoothing_above_one":
         kwargs["label_smoothing"] = 1.5
+    elif case == "label_smoothing_tensor_above_one":
+        kwargs["label_smoothing"] = torch.tensor(1.5)
+    elif case == "label_smoothing_not_a_number":
+        kwargs["label_smoothing"] = "0.1"
     elif case == "batch_mismatch":
         kwargs["target"] = torch.tensor([0, 1, 2])
     elif case == "target_dims":
@@ -627,7 +895,7 @@ def test_cross_entropy_bad_arguments(case, error, message, torch_agrees):
     ("target_out_of_range", IndexError, "nll_loss: Target 5 is out of bounds"),
     ("weight_size", RuntimeError, "nll_loss: weight tensor should be defined either for all 5 classes"),
     ("zero_dim_input", ValueError, r"nll_loss: Expected 1 or more dimensions \(got 0\)"),
-    ("float_target", NotImplementedError, "nll_loss: probability targets"),
+    ("float_target", RuntimeError, "nll_loss: expected target dtype to be Long or Byte, but got torch.float32"),
 ])
 def test_nll_loss_bad_arguments(case, error, message):
     kwargs = _bad_ce_arguments(case) if case in ("target_out_of_range", "weight_size") else {}
@@ -642,7 +910,7 @@ def test_nll_loss_bad_arguments(case, error, message):
 @pytest.mark.parametrize("case,error,message", [
     ("dim_out_of_range", IndexError, r"log_softmax: Dimension out of range \(expected to be in range of \[-2, 1\], "
                                      r"but got 2\)"),
-    ("integer_input", TypeError, "log_softmax: input must be a floating-point tensor"),
+    ("integer_input", NotImplementedError, "log_softmax: input must be a floating-point tensor"),
     ("dim_not_int", TypeError, "log_softmax: dim must be an int"),
 ])
 def test_log_softmax_bad_arguments(case, error, message):

@@ -179,16 +179,30 @@ def test_unsupported_options_raise(option):
         MultiheadAttention(E, H, **{option: True})
 
 
-@pytest.mark.parametrize("case,error,match", [
+# (case, error type (torch raises the same), our message)
+BAD_ARGUMENTS = [
     ("causal_without_mask", RuntimeError, "need attn_mask if specifying the is_causal hint"),
-    ("padding_mask_shape", RuntimeError, r"expected key_padding_mask of shape \[2, 5\]"),
+    ("padding_mask_shape", AssertionError, r"expected key_padding_mask of shape \[2, 5\]"),
+    ("padding_mask_rank", AssertionError, "expected key_padding_mask to be None or 2-D but found 1-D"),
+    ("unbatched_padding_mask_rank", AssertionError, "expected key_padding_mask to be None or 1-D but found 2-D"),
     ("attn_mask_2d_shape", RuntimeError, r"the shape of the 2D attn_mask is \[5, 4\], but should be \[5, 5\]"),
     ("attn_mask_3d_shape", RuntimeError, r"the shape of the 3D attn_mask is \[2, 5, 5\], but should be \[8, 5, 5\]"),
-    ("integer_mask", TypeError, "only bool and floating types of attn_mask"),
-    ("embed_dim", RuntimeError, r"query's last dim \(8\) must be embed_dim \(16\)"),
-    ("rank", RuntimeError, "must all be 3-D \\(batched\\) or all 2-D"),
-])
-def test_bad_arguments_name_the_argument(case, error, match):
+    ("attn_mask_4d", AssertionError, "expected attn_mask to be None, 2-D or 3-D but found 4-D"),
+    ("unbatched_attn_mask_3d_shape", AssertionError, r"expected attn_mask shape to be \[4, 5, 5\]"),
+    ("integer_mask", AssertionError, "only bool and floating types of attn_mask"),
+    ("integer_padding_mask", AssertionError, "only bool and floating types of key_padding_mask"),
+    ("embed_dim", AssertionError, r"was expecting embedding dimension of 16 \(embed_dim\), but query has 8"),
+    ("query_rank", AssertionError, "query should be unbatched 2D or batched 3D tensor but received 4-D"),
+    ("rank", AssertionError, "for 3-D query, expected key and value to be 3-D but found 2-D and 2-D"),
+    ("key_value_shapes_differ", AssertionError, r"key shape \[2, 5, 16\] does not match value shape \[2, 4, 16\]"),
+    ("key_features", RuntimeError, r"key and value must have embed_dim \(16\) features, got 8"),
+    ("key_value_batch_differs_from_query", RuntimeError, "key and value have batch size 3, but query has 2"),
+    ("dropout_above_one", RuntimeError, "dropout probability has to be between 0 and 1, but got 1.5"),
+]
+
+
+def _bad_mha_call(case):
+    """(module, args, kwargs) for one BAD_ARGUMENTS case."""
     module = MultiheadAttention(E, H, batch_first=True)
     x = torch.randn(2, 5, E)
     args, kwargs = [x, x, x], dict(need_weights=False)
@@ -196,15 +210,117 @@ def test_bad_arguments_name_the_argument(case, error, match):
         kwargs["is_causal"] = True
     elif case == "padding_mask_shape":
         kwargs["key_padding_mask"] = torch.zeros(2, 4, dtype=torch.bool)
+    elif case == "padding_mask_rank":
+        kwargs["key_padding_mask"] = torch.zeros(5, dtype=torch.bool)
+    elif case == "unbatched_padding_mask_rank":
+        args = [x[0]] * 3
+        kwargs["key_padding_mask"] = torch.zeros(1, 5, dtype=torch.bool)
     elif case == "attn_mask_2d_shape":
         kwargs["attn_mask"] = torch.zeros(5, 4)
     elif case == "attn_mask_3d_shape":
         kwargs["attn_mask"] = torch.zeros(2, 5, 5)
+    elif case == "attn_mask_4d":
+        kwargs["attn_mask"] = torch.zeros(2, H, 5, 5)
+    elif case == "unbatched_attn_mask_3d_shape":
+        args = [x[0]] * 3
+        kwargs["attn_mask"] = torch.zeros(2 * H, 5, 5)
     elif case == "integer_mask":
         kwargs["attn_mask"] = torch.zeros(5, 5, dtype=torch.int64)
+    elif case == "integer_padding_mask":
+        kwargs["key_padding_mask"] = torch.zeros(2, 5, dtype=torch.int64)
     elif case == "embed_dim":
         args = [torch.randn(2, 5, 8)] * 3
+    elif case == "query_rank":
+        args = [x[None]] * 3
     elif case == "rank":
         args = [x, x[0], x[0]]
-    with pytest.raises(error, match=match):
+    elif case == "key_value_shapes_differ":
+        args = [x, x, torch.randn(2, 4, E)]
+    elif case == "key_features":
+        args = [x, torch.randn(2, 5, 8), torch.randn(2, 5, 8)]
+    elif case == "key_value_batch_differs_from_query":
+        memory = torch.randn(3, 6, E)
+        args = [x, memory, memory]
+    elif case == "dropout_above_one":
+        module = MultiheadAttention(E, H, dropout=1.5, batch_first=True)
+    return module, args, kwargs
+
+
+@pytest.mark.parametrize("case,error,match", BAD_ARGUMENTS, ids=[c[0] for c in BAD_ARGUMENTS])
+def test_bad_arguments_name_the_argument(case, error, match):
+    module, args, kwargs = _bad_mha_call(case)
+    theirs = torch.nn.MultiheadAttention(E, H, dropout=module.dropout, batch_first=True)
+    theirs.load_state_dict(module.state_dict())
+    with pytest.raises(error):
+        theirs(*args, **kwargs)
+    with pytest.raises(error, match=f"MultiheadAttention: .*{match}"):
         module(*args, **kwargs)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("separate_projections", [False, True], ids=["packed", "kdim_vdim"])
+def test_key_value_batch_that_differs_from_the_query_raises_as_in_torch(batch_first, separate_projections):
+    kdims = dict(kdim=6, vdim=10) if separate_projections else {}
+    module = MultiheadAttention(E, H, batch_first=batch_first, **kdims)
+    theirs = torch.nn.MultiheadAttention(E, H, batch_first=batch_first, **kdims)
+    query = torch.randn(2, 5, E)
+    key = torch.randn(3, 7, kdims.get("kdim", E))
+    value = torch.randn(3, 7, kdims.get("vdim", E))
+    if not batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    for need_weights in (False, True):
+        with pytest.raises(RuntimeError):
+            theirs(query, key, value, need_weights=need_weights)
+        with pytest.raises(RuntimeError, match="MultiheadAttention: key and value have batch size 3, but query has 2"):
+            module(query, key, value, need_weights=need_weights)
+
+
+def test_kdim_vdim_mismatch_raises_as_in_torch():
+    module = MultiheadAttention(E, H, kdim=6, vdim=10, batch_first=True)
+    theirs = torch.nn.MultiheadAttention(E, H, kdim=6, vdim=10, batch_first=True)
+    query = torch.randn(2, 5, E)
+    for key, value, match in ((torch.randn(2, 7, E), torch.randn(2, 7, 10), "key has 16 features .* kdim=6"),
+                              (torch.randn(2, 7, 6), torch.randn(2, 7, 6), "value has 6 features .* vdim=10"),
+                              (torch.randn(2, 7, 6), torch.randn(2, 6, 10), "key's sequence and batch dims")):
+        with pytest.raises(AssertionError):
+            theirs(query, key, value, need_weights=False)
+        with pytest.raises(AssertionError, match=f"MultiheadAttention: {match}"):
+            module(query, key, value, need_weights=False)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded_bias"])
+def test_strided_parameters_are_read_as_they_lie(device, layout):
+    ours, theirs = pair(device, batch_first=True)
+    with torch.no_grad():
+        if layout == "transposed":
+            for module in (ours, theirs):
+                w = module.in_proj_weight.detach()
+                module.in_proj_weight = torch.nn.Parameter(w.t().contiguous().t())
+                w = module.out_proj.weight.detach()
+                module.out_proj.weight = torch.nn.Parameter(w.t().contiguous().t())
+            assert not ours.in_proj_weight.is_contiguous()
+        elif layout == "sliced":
+            for module in (ours, theirs):
+                wide = torch.randn(3 * E, 2 * E, device=device)
+                wide[:, ::2] = module.in_proj_weight
+                module.in_proj_weight = torch.nn.Parameter(wide[:, ::2])
+                bias = torch.randn(6 * E, device=device)
+                bias[::2] = module.in_proj_bias
+                module.in_proj_bias = torch.nn.Parameter(bias[::2])
+            assert ours.in_proj_weight.stride() == (2 * E, 2)
+        else:
+            for module in (ours, theirs):
+                module.in_proj_bias = torch.nn.Parameter(torch.tensor(0.25, device=device).expand(3 * E))
+    x = torch.randn(2, 5, E, device=device)
+    memory = torch.randn(2, 6, E, device=device)
+    run_both(ours, theirs, [x, x, x], need_weights=False)
+    run_both(ours, theirs, [x, memory, memory], need_weights=False)
+
+
+def test_double_backward_through_the_fused_path_is_refused(device):
+    ours, theirs = pair(device, batch_first=True)
+    x = torch.randn(2, 5, E, device=device, requires_grad=True)
+    out, _ = ours(x, x, x, need_weights=False)
+    with pytest.raises(RuntimeError, match="scaled_dot_product_attention: double backward is not supported"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+    run_both(ours, theirs, [x, x, x], need_weights=False)

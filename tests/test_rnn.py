@@ -478,7 +478,10 @@ BAD_SEQUENCE = [
     ("wrong weight shape", lambda: rnn(torch.randn(2, 1, 3), None, [torch.randn(4, 3), torch.randn(4, 5),
                                                                     torch.randn(4), torch.randn(4)]),
      RuntimeError, r"weights\[1\]"),
-    ("integer input", lambda: _module()(torch.ones(5, 2, 3, dtype=torch.long)), TypeError, r"input"),
+    ("integer input", lambda: _module()(torch.ones(5, 2, 3, dtype=torch.long)), ValueError,
+     r"input dtype \(torch.int64\) does not match weights\[0\]"),
+    ("h0 dtype mismatch", lambda: _module()(torch.randn(5, 2, 3), torch.randn(2, 2, 4, dtype=torch.float64)),
+     RuntimeError, r"input dtype \(torch.float32\) does not match hx dtype \(torch.float64\)"),
     ("bad dropout", lambda: rnn(torch.randn(2, 1, 3), None, _module()._flat_weights[:4], dropout=1.5), ValueError,
      r"dropout"),
 ]
@@ -490,11 +493,14 @@ BAD_CELL = [
     ("wrong hx batch", lambda: RNNCell(3, 4)(torch.randn(2, 3), torch.randn(3, 4)), RuntimeError,
      r"batch size 2 doesn't match hx"),
     ("3-D input", lambda: RNNCell(3, 4)(torch.randn(1, 2, 3)), ValueError, r"input.*1D or 2D"),
-    ("wrong nonlinearity (module)", lambda: RNNCell(3, 4, nonlinearity="tan"), ValueError, r"nonlinearity 'tan'"),
+    ("wrong nonlinearity (module)", lambda: RNNCell(3, 4, nonlinearity="tan")(torch.randn(2, 3)), RuntimeError,
+     r"nonlinearity 'tan'"),
     ("wrong nonlinearity (functional)", lambda: rnn_cell(torch.randn(2, 3), None, torch.randn(4, 3), torch.randn(4, 4),
-                                                         nonlinearity="Tanh"), ValueError, r"nonlinearity 'Tanh'"),
-    ("one bias only", lambda: rnn_cell(torch.randn(2, 3), None, torch.randn(4, 3), torch.randn(4, 4), torch.randn(4)),
-     ValueError, r"b_ih and b_hh"),
+                                                         nonlinearity="Tanh"), RuntimeError, r"nonlinearity 'Tanh'"),
+    ("hx dtype mismatch", lambda: RNNCell(3, 4)(torch.randn(2, 3), torch.randn(2, 4, dtype=torch.float64)),
+     RuntimeError, r"hx dtype \(torch.float64\)"),
+    ("integer input", lambda: RNNCell(3, 4)(torch.ones(2, 3, dtype=torch.long)), RuntimeError,
+     r"does not match w_ih dtype"),
 ]
 
 
@@ -502,3 +508,123 @@ BAD_CELL = [
 def test_bad_input_names_the_argument(case, call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.mark.parametrize("case", ["integer input", "h0 dtype mismatch", "wrong h0 batch", "empty sequence"])
+def test_sequence_errors_have_torchs_type(case):
+    error = next(c[2] for c in BAD_SEQUENCE if c[0] == case)
+    theirs = torch.nn.RNN(3, 4, num_layers=2)
+    inputs = {"integer input": (torch.ones(5, 2, 3, dtype=torch.long),),
+              "h0 dtype mismatch": (torch.randn(5, 2, 3), torch.randn(2, 2, 4, dtype=torch.float64)),
+              "wrong h0 batch": (torch.randn(5, 2, 3), torch.randn(2, 3, 4)),
+              "empty sequence": (torch.randn(0, 2, 3),)}[case]
+    with pytest.raises(error):
+        theirs(*inputs)
+
+
+@pytest.mark.parametrize("case", ["wrong nonlinearity (module)", "hx dtype mismatch", "integer input"])
+def test_cell_errors_have_torchs_type(case):
+    error = next(c[2] for c in BAD_CELL if c[0] == case)
+    module = torch.nn.RNNCell(3, 4, nonlinearity="tan" if "nonlinearity" in case else "tanh")
+    x = torch.ones(2, 3, dtype=torch.long) if case == "integer input" else torch.randn(2, 3)
+    hx = torch.randn(2, 4, dtype=torch.float64) if case == "hx dtype mismatch" else None
+    with pytest.raises(error):
+        module(x, hx)
+
+
+@pytest.mark.parametrize("present", ["b_ih", "b_hh"])
+def test_cell_with_one_bias_matches_torch(device, present):
+    x, h = torch.randn(2, 3, device=device), torch.randn(2, 4, device=device)
+    w_ih, w_hh, b = torch.randn(4, 3, device=device), torch.randn(4, 4, device=device), torch.randn(4, device=device)
+    biases = (b, None) if present == "b_ih" else (None, b)
+    assert_matches(lambda *a: rnn_cell(*a, *biases), {"torch": lambda *a: torch.rnn_tanh_cell(*a, *biases)},
+                   x, h, w_ih, w_hh)
+
+
+# ------------------------------------------------------------------------------------------------
+# Weights stored as strided or expanded views
+# ------------------------------------------------------------------------------------------------
+
+
+def _restride(module, layout):
+    """Replace every weight of `module` by an equal Parameter in another layout."""
+    with torch.no_grad():
+        for name in module._flat_weights_names if hasattr(module, "_flat_weights_names") else (
+                "weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            value = getattr(module, name).detach()
+            if layout == "transposed" and value.dim() == 2:
+                value = value.t().contiguous().t()
+            elif layout == "sliced":
+                wide = torch.zeros(*value.shape[:-1], 2 * value.shape[-1], device=value.device)
+                wide[..., ::2] = value
+                value = wide[..., ::2]
+            elif layout == "expanded" and value.dim() == 1:
+                value = value[:1].expand(value.shape)
+            setattr(module, name, torch.nn.Parameter(value))
+        if hasattr(module, "_init_flat_weights"):
+            module._init_flat_weights()
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_strided_and_expanded_weights_match_torch(device, layout):
+    theirs = torch.nn.RNN(3, 5, num_layers=2, bidirectional=True).to(device)
+    ours = RNN(3, 5, num_layers=2, bidirectional=True).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    _restride(ours, layout)
+    _restride(theirs, layout)
+    x, h0 = torch.randn(4, 2, 3, device=device), torch.randn(4, 2, 5, device=device)
+    grads = []
+    for module in (ours, theirs):
+        out, h_n = module(x, h0)
+        (out.sum() + (h_n * 2).sum()).backward()
+        grads.append(([out, h_n], [p.grad for p in module.parameters()]))
+    (outs, ps), (e_outs, e_ps) = grads
+    for got, expected in zip(outs + ps, e_outs + e_ps):
+        assert_close(got, expected)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "sliced", "expanded"])
+def test_cell_strided_and_expanded_weights_match_torch(device, layout):
+    theirs = torch.nn.RNNCell(3, 5).to(device)
+    ours = RNNCell(3, 5).to(device)
+    ours.load_state_dict(theirs.state_dict())
+    _restride(ours, layout)
+    _restride(theirs, layout)
+    x, h = torch.randn(2, 3, device=device), torch.randn(2, 5, device=device)
+    results = []
+    for module in (ours, theirs):
+        out = module(x, h)
+        (out * torch.linspace(-1, 1, 5, device=device)).sum().backward()
+        results.append([out] + [p.grad for p in module.parameters()])
+    for got, expected in zip(*results):
+        assert_close(got, expected)
+
+
+# ------------------------------------------------------------------------------------------------
+# Double backward is refused, naming the op
+# ------------------------------------------------------------------------------------------------
+
+
+def test_double_backward_of_the_sequence_is_refused(device):
+    module = RNN(3, 4).to(device)
+    x = torch.randn(3, 2, 3, device=device, requires_grad=True)
+    out, _ = module(x)
+    with pytest.raises(RuntimeError, match="rnn: double backward is not supported"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+    theirs = torch.nn.RNN(3, 4).to(device)
+    theirs.load_state_dict(module.state_dict())
+    (dx,) = torch.autograd.grad(module(x)[0].sum(), x)
+    (e_dx,) = torch.autograd.grad(theirs(x)[0].sum(), x)
+    assert_close(dx, e_dx)
+
+
+def test_double_backward_of_the_cell_is_refused(device):
+    module = RNNCell(3, 4).to(device)
+    x = torch.randn(2, 3, device=device, requires_grad=True)
+    with pytest.raises(RuntimeError, match="rnn_cell: double backward is not supported"):
+        torch.autograd.grad(module(x).sum(), module.weight_hh, create_graph=True)
+    theirs = torch.nn.RNNCell(3, 4).to(device)
+    theirs.load_state_dict(module.state_dict())
+    (dx,) = torch.autograd.grad(module(x).sum(), x)
+    (e_dx,) = torch.autograd.grad(theirs(x).sum(), x)
+    assert_close(dx, e_dx)

@@ -9,6 +9,12 @@ For logits x of one row, C classes, target class t, class weights w (all 1 witho
 with eps = label_smoothing. Rows whose target is ignore_index contribute 0. 'mean' divides the
 sum over rows by the summed w_t of the rows that count (with label smoothing too, as torch does);
 'sum' does not divide. Low-precision inputs are computed in float32 and cast back.
+
+A floating-point target shaped like the input holds class probabilities t (no ignore_index):
+
+    cross_entropy    = -sum_c w_c * t'_c * logp_c,       t' = (1 - eps) * t + eps / C
+
+and 'mean' divides by the number of rows (N times the spatial size), whatever the weights.
 """
 from __future__ import annotations
 
@@ -78,6 +84,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                   label_smoothing=0.0):
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)
+    if target.shape == input.shape:
+        return _cross_entropy_probabilities(input, target, weight, reduction, label_smoothing)
     x, target, unbatched = _batched(input, target)
     logp = log_softmax(x.to(_compute_dtype(x.dtype)), 1)
     counts, w_target, logp_target, w = _per_row(logp, target, weight, ignore_index)
@@ -89,3 +97,25 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     losses = torch.where(counts, losses, 0.0)
     loss = _reduce(losses, w_target, reduction).to(input.dtype)
     return loss.reshape(()) if unbatched else loss
+
+
+def _cross_entropy_probabilities(input, target, weight, reduction, label_smoothing):
+    unbatched = input.dim() == 1
+    x, t = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
+    compute = _compute_dtype(x.dtype)
+    logp = log_softmax(x.to(compute), 1)
+    classes = x.shape[1]
+    t = t.to(compute)
+    if label_smoothing > 0.0:
+        t = t * (1.0 - label_smoothing) + label_smoothing / classes
+    w = 1.0 if weight is None else weight.to(compute).reshape((1, classes) + (1,) * (x.dim() - 2))
+    losses = -(w * t * logp).sum(dim=1)
+    if reduction == "none":
+        loss = losses
+    elif reduction == "sum":
+        loss = losses.sum()
+    else:
+        # torch's denominator is numel / C: with no element at all (C = 0 included) the mean is nan.
+        loss = losses.sum() / (losses.numel() if x.numel() else 0)
+    loss = loss.to(input.dtype)
+    return loss.reshape(()) if unbatched and reduction == "none" else loss
