@@ -91,7 +91,8 @@ def plan(tensors, order) -> Layout | None:
 
 def has_internal_overlap(t: torch.Tensor) -> bool:
     """Some memory location holds more than one element (an expanded dim), as torch detects it."""
-    return any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride()))
+    # An empty tensor has no element to share a location, however it is strided (torch agrees).
+    return t.numel() > 0 and any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride()))
 
 
 # ----------------------------------------------------------------------------------------------

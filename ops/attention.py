@@ -379,7 +379,9 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         mask = _merge_masks(key_padding_mask, None if is_causal else attn_mask, batch, self.num_heads, tgt_len,
                             src_len, q.dtype)
         if need_weights:
-            weights = reference.attention_probabilities(q, k, mask, is_causal)
+            # As torch's explicit softmax: a query that sees no key gets NaN weights and output
+            # (the fused path, like torch's, gives 0).
+            weights = reference.attention_probabilities(q, k, mask, is_causal, zero_hidden_rows=False)
             weights = dropout(weights, dropout_p, self.training)
             heads_out = weights @ v
             attended = heads_out.transpose(1, 2).reshape(batch, tgt_len, self.embed_dim)

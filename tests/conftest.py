@@ -14,6 +14,19 @@ import torch
 import tritonprop  # noqa: F401  (sets TRITON_INTERPRET before any kernel is decorated)
 from helpers import TOLERANCES
 
+# torch's OpInfo sample inputs (test_opinfo.py, test_dropout.py) come from torch.testing._internal,
+# whose import freezes torch.backends' flags for the whole process (disable_global_flags): a
+# plain `torch.backends.cudnn.allow_tf32 = False`, as other tests and `tritonprop selfcheck` write,
+# would then raise. It is imported once, here, and the freeze undone (torch.backends is a module
+# wrapper, so the flag lives in its functions' globals). It needs expecttest (requirements-dev.txt),
+# which a machine running only the kernel tests may lack; the OpInfo tests skip there.
+try:
+    import torch.testing._internal.common_utils  # noqa: F401
+except ImportError:
+    pass
+else:
+    torch.backends.flags_frozen.__globals__["__allow_nonbracketed_mutation_flag"] = True
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 

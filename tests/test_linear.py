@@ -430,18 +430,6 @@ def test_empty_inputs(device, shape, out_features, activation, bias):
     assert out.shape == (*shape[:-1], out_features)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-def test_torch_sample_inputs_match_torch(device, dtype):
-    # torch's own OpInfo samples for F.linear: 1-D, empty and 5-D inputs, with and without bias.
-    from torch.testing._internal.common_methods_invocations import op_db
-
-    op = next(op for op in op_db if op.name == "nn.functional.linear")
-    samples = list(op.sample_inputs(device, dtype, requires_grad=True))
-    assert len(samples) > 10
-    for sample in samples:
-        assert_matches(linear, {"torch": F.linear}, sample.input, *sample.args, **sample.kwargs)
-
-
 def test_reference_backend_routes_to_the_reference(device, monkeypatch):
     def kernel_must_not_run(*args, **kwargs):
         raise AssertionError("the Triton kernel ran under TRITONPROP_BACKEND=reference")

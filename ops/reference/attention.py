@@ -42,8 +42,14 @@ def _expand_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     return t.repeat_interleave(heads // t.shape[-3], dim=-3) if t.dim() >= 3 and t.shape[-3] != heads else t
 
 
-def attention_probabilities(query, key, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
-    """P = softmax(q k^T * scale + mask), with rows that see no key set to 0."""
+def attention_probabilities(query, key, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *,
+                            zero_hidden_rows=True):
+    """P = softmax(q k^T * scale + mask), with rows that see no key set to 0.
+
+    SDPA gives such rows 0 (torch's fused kernels do). torch's MultiheadAttention forms its
+    explicit weights with a plain softmax, NaN there in value and gradient; it passes
+    ``zero_hidden_rows=False`` to get the same.
+    """
     Sq, Sk = query.shape[-2], key.shape[-2]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     if enable_gqa:
@@ -56,6 +62,11 @@ def attention_probabilities(query, key, attn_mask=None, is_causal=False, scale=N
         visible = visible & attn_mask
     elif attn_mask is not None:
         scores = scores + attn_mask.to(scores.dtype)
+    if not zero_hidden_rows:
+        # Added, not filled in, as torch adds its mask: the gradient of a row that sees no key is
+        # NaN too, not cut off at the mask.
+        hide = torch.zeros(visible.shape, dtype=scores.dtype, device=scores.device).masked_fill(~visible, float("-inf"))
+        return torch.softmax(scores + hide, dim=-1)
     scores = scores.masked_fill(~visible, float("-inf"))
     # softmax of a row of -inf is nan; such a row attends to nothing, so it is 0.
     hidden = torch.isneginf(scores).all(dim=-1, keepdim=True)
