@@ -221,8 +221,8 @@ def log_softmax_backward_kernel(
 
 @triton.jit
 def cross_entropy_forward_kernel(
-    logits_ptr, target_ptr, weight_ptr, weight_sum_ptr, lse_ptr, loss_ptr, part_loss_ptr, part_weight_ptr,
-    R, C, inner, ignore_index, label_smoothing,
+    logits_ptr, target_ptr, weight_ptr, weight_sum_ptr, smoothing_ptr, lse_ptr, loss_ptr, part_loss_ptr,
+    part_weight_ptr, R, C, inner, ignore_index,
     stride_xo, stride_xi, stride_xc,
     stride_to, stride_ti,
     HAS_WEIGHT: tl.constexpr, SMOOTHING: tl.constexpr, PER_ROW_LOSS: tl.constexpr,
@@ -257,9 +257,9 @@ def cross_entropy_forward_kernel(
     nll = (m - x_target) + log_s
     if SMOOTHING:
         w_sum = tl.load(weight_sum_ptr).to(ACC_DTYPE)
-        eps_per_class = label_smoothing / C
+        keep, eps_per_class = tl.load(smoothing_ptr), tl.load(smoothing_ptr + 1)
         # (1-eps) w_t (lse - x_t) + (eps/C) sum_c w_c (lse - x_c), regrouped around x_t
-        loss = ((1.0 - label_smoothing) * w_target + eps_per_class * w_sum) * nll - eps_per_class * spread
+        loss = (keep * w_target + eps_per_class * w_sum) * nll - eps_per_class * spread
     else:
         loss = w_target * nll
     _store_loss(loss, w_target, valid, rows, row_mask, loss_ptr, part_loss_ptr, part_weight_ptr, PER_ROW_LOSS)
@@ -267,8 +267,8 @@ def cross_entropy_forward_kernel(
 
 @triton.jit
 def cross_entropy_backward_kernel(
-    logits_ptr, target_ptr, weight_ptr, weight_sum_ptr, lse_ptr, grad_ptr, total_weight_ptr, dx_ptr,
-    R, C, inner, ignore_index, label_smoothing,
+    logits_ptr, target_ptr, weight_ptr, weight_sum_ptr, smoothing_ptr, lse_ptr, grad_ptr, total_weight_ptr,
+    dx_ptr, R, C, inner, ignore_index,
     stride_xo, stride_xi, stride_xc,
     stride_to, stride_ti,
     stride_go, stride_gi,
@@ -289,8 +289,8 @@ def cross_entropy_backward_kernel(
     # dloss/dx_c = softmax_c * a - t_c, with a the total weight of the smoothed target row and
     # t the smoothed, weighted one-hot: (1-eps) w_t at the target plus eps/C w_c everywhere.
     if SMOOTHING:
-        eps_per_class = label_smoothing / C
-        on_target = (1.0 - label_smoothing) * w_target
+        keep, eps_per_class = tl.load(smoothing_ptr), tl.load(smoothing_ptr + 1)
+        on_target = keep * w_target
         softmax_scale = on_target + eps_per_class * tl.load(weight_sum_ptr).to(ACC_DTYPE)
     else:
         on_target = w_target
@@ -672,8 +672,8 @@ def cross_entropy_forward(logits, target, weight, reduction, ignore_index, label
     weight_sum = _weight_sum(weight, C, logits.dtype, logits.device) if smoothing else lse
     if R:
         cross_entropy_forward_kernel[grid](
-            logits, target, weight if weight is not None else lse, weight_sum, lse, loss, part_loss, part_weight,
-            R, C, inner, ignore_index, float(label_smoothing), sxo, sxi, sxc, sto, sti,
+            logits, target, weight if weight is not None else lse, weight_sum, _smoothing(label_smoothing, C, logits),
+            lse, loss, part_loss, part_weight, R, C, inner, ignore_index, sxo, sxi, sxc, sto, sti,
             HAS_WEIGHT=weight is not None, SMOOTHING=smoothing, PER_ROW_LOSS=reduction == "none",
             **blocks, ACC_DTYPE=accumulator_dtype(logits.dtype),
         )
@@ -699,8 +699,8 @@ def cross_entropy_backward(grad, logits, target, weight, lse, total_weight, redu
     weight_sum = _weight_sum(weight, C, logits.dtype, logits.device) if smoothing else lse
     grid, blocks = _launch_kwargs(R, C, sxc)
     cross_entropy_backward_kernel[grid](
-        logits, target, weight if weight is not None else lse, weight_sum, lse, grad, total_weight, dx,
-        R, C, inner, ignore_index, float(label_smoothing),
+        logits, target, weight if weight is not None else lse, weight_sum, _smoothing(label_smoothing, C, logits),
+        lse, grad, total_weight, dx, R, C, inner, ignore_index,
         sxo, sxi, sxc, sto, sti, sgo, sgi, sdxo, sdxi, sdxc,
         HAS_WEIGHT=weight is not None, SMOOTHING=smoothing, MEAN=reduction == "mean",
         **blocks, ACC_DTYPE=accumulator_dtype(logits.dtype),

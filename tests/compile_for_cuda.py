@@ -163,7 +163,8 @@ def layer_norm_kernels():
 def cross_entropy_kernels():
     from tritonprop.kernels import cross_entropy as K
 
-    statistics = {"lse_ptr", "part_loss_ptr", "part_weight_ptr", "weight_sum_ptr", "total_weight_ptr"}
+    statistics = {"lse_ptr", "part_loss_ptr", "part_weight_ptr", "weight_sum_ptr", "total_weight_ptr", "smoothing_ptr",
+                  "mass_ptr"}
     for dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
 
@@ -183,10 +184,9 @@ def cross_entropy_kernels():
                 yield K.cross_entropy_backward_kernel, pointer, dict(
                     tiles, HAS_WEIGHT=on, SMOOTHING=on, MEAN=on, ACC_DTYPE=acc)
                 yield K.nll_loss_backward_kernel, pointer, dict(tiles, HAS_WEIGHT=on, MEAN=on, ACC_DTYPE=acc)
-        # Class-probability targets: the target (and its gradient) has the logits' dtype; the
-        # smoothing constants and the per-row probability mass are statistics.
+        # Class-probability targets: the target (and its gradient) has the logits' dtype.
         def probs_pointer(name):
-            return acc_name if name in statistics | {"smoothing_ptr", "mass_ptr"} else dtype
+            return acc_name if name in statistics else dtype
 
         for tiles in (dict(BLOCK_R=1, BLOCK_C=4096), dict(BLOCK_R=64, BLOCK_C=64)):
             for on in (True, False):
