@@ -313,6 +313,9 @@ def conv2d_cases(draw):
         kwargs["padding"], bad = -1, ("padding",)
     elif fault == "dilation 0":
         kwargs["dilation"], bad = 0, ("dilation",)
+        # torch checks a zero dilation only on a non-empty batch (it returns the empty output);
+        # tritonprop refuses it always, a deliberate difference.
+        assume(batch > 0 or unbatched)
     elif fault == "float stride":
         kwargs["stride"], bad = 1.5, ("stride",)
     elif fault == "stride None":
@@ -783,6 +786,10 @@ def _check_batch_norm_module(drawn):
         ours.train(training)
         theirs.train(training)
         spec = steps[0] if training else steps[1]
+        # As in _well_conditioned: a float32 channel of (nearly) equal values normalizes to
+        # rounding noise in torch (3e-5 for a constant channel, where the exact answer is 0).
+        assume(_well_conditioned(Case("BatchNorm", {"input": spec}, {}, None),
+                                 lambda x: x.transpose(0, 1).reshape(x.shape[1], -1)))
         assert_matches(lambda b: ours(view_of(b, spec)), {"torch": lambda b: theirs(view_of(b, spec))},
                        base_of(spec).requires_grad_())
         for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
