@@ -173,3 +173,40 @@ def assert_gradgradcheck(fn, *args, fast_mode=False, **kwargs):
               for k, v in kwargs.items()}
     assert any(isinstance(a, torch.Tensor) and a.requires_grad for a in converted), "nothing to check"
     assert torch.autograd.gradgradcheck(lambda *xs: fn(*xs, **kwargs), tuple(converted), fast_mode=fast_mode)
+
+
+def _penalty_gradients(fn, inputs):
+    """The WGAN-GP pattern: g = d fn(*inputs).sum() / d inputs[0] with a graph, then sum(g^2).backward().
+
+    Returns g and the penalty's gradient for every floating input that requires grad (None for
+    the others). Each call works on fresh leaves, so two implementations see the same values.
+    """
+    leaves = [_fresh(t) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in inputs]
+    leaves[0].requires_grad_()
+    g, = torch.autograd.grad(fn(*leaves).sum(), leaves[0], create_graph=True)
+    assert g.requires_grad, "the gradient under create_graph=True is detached: the penalty would drop out"
+    (g ** 2).sum().backward()
+    return g, [t.grad if isinstance(t, torch.Tensor) and t.requires_grad else None for t in leaves]
+
+
+def assert_gradient_penalty_matches(ours, theirs, *inputs):
+    """A gradient penalty on the first input gives the same gradient, and the same penalty gradient
+    for every input that requires grad, through `ours` as through `theirs` (torch's op)."""
+    g, grads = _penalty_gradients(ours, inputs)
+    g_expected, grads_expected = _penalty_gradients(theirs, inputs)
+    assert_close(g, g_expected, name="first-order gradient")
+    for k, (got, expected) in enumerate(zip(grads, grads_expected)):
+        if expected is None:
+            # torch's graph does not reach this input: ours may leave it None or give zeros.
+            assert got is None or not got.any(), f"input {k}: a penalty gradient where torch has none"
+            continue
+        assert got is not None, f"input {k}: tritonprop returned no penalty gradient"
+        assert_close(got, expected, name=f"penalty gradient of input {k}")
+
+
+def seeded(fn, seed=7):
+    """`fn` with torch's generator reset first, so every call draws the same dropout seed (and mask)."""
+    def call(*args, **kwargs):
+        torch.manual_seed(seed)
+        return fn(*args, **kwargs)
+    return call

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import (PARITY_DTYPES, assert_close, assert_gradcheck, assert_gradgradcheck, assert_matches,
-                     record_copy_calls)
+from helpers import (PARITY_DTYPES, assert_close, assert_gradcheck, assert_gradgradcheck,
+                     assert_gradient_penalty_matches, assert_matches, record_copy_calls)
 from tritonprop import backend
 from tritonprop.kernels import cross_entropy as K
 from tritonprop.ops.cross_entropy import (
@@ -767,15 +767,6 @@ def test_gradgradcheck_cross_entropy_probability_targets(device, options):
     assert_gradgradcheck(cross_entropy, x, target, weight, fast_mode=True, **options)
 
 
-def _gradient_penalty_grad(loss_fn, x, *args):
-    """The WGAN-GP pattern: x.grad of sum((dloss/dx)^2), through a graph of the first gradient."""
-    x = x.detach().clone().requires_grad_()
-    (g,) = torch.autograd.grad(loss_fn(x, *args).sum(), x, create_graph=True)
-    assert g.requires_grad
-    (g ** 2).sum().backward()
-    return x.grad
-
-
 @pytest.mark.parametrize("op", ["log_softmax", "nll_loss", "cross_entropy", "cross_entropy_probabilities"])
 def test_gradient_penalty_matches_torch(device, op):
     x = make_logits((4, 5), device)
@@ -793,7 +784,7 @@ def test_gradient_penalty_matches_torch(device, op):
     }[op]
     if op == "log_softmax":
         ours, theirs = (lambda a, d: log_softmax(a, d) ** 2), (lambda a, d: F.log_softmax(a, d) ** 2)
-    assert_close(_gradient_penalty_grad(ours, x, *args), _gradient_penalty_grad(theirs, x, *args))
+    assert_gradient_penalty_matches(ours, theirs, x, *args)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close, assert_gradgradcheck
+from helpers import assert_close, assert_gradgradcheck, assert_gradient_penalty_matches, seeded
 from tritonprop.kernels import dropout as dropout_kernels
 from tritonprop.kernels import elementwise as elementwise_kernels
 from tritonprop.kernels import linear as linear_kernels
@@ -45,39 +45,6 @@ def away_from_zero(shape, device):
     return (x.sign() * (x.abs() + 0.1)).requires_grad_()
 
 
-def seeded(fn, seed=7):
-    """`fn` with torch's generator reset first, so every evaluation draws the same dropout mask."""
-    def call(*args, **kwargs):
-        torch.manual_seed(seed)
-        return fn(*args, **kwargs)
-    return call
-
-
-def penalty_grads(fn, inputs):
-    """WGAN-GP: g = d fn(inputs).sum() / d inputs[0] with a graph, then backward of sum(g^2).
-
-    Returns g and the gradients of the penalty for every input, so two implementations can be
-    compared input by input.
-    """
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    g, = torch.autograd.grad(fn(*leaves).sum(), leaves[0], create_graph=True)
-    assert g.requires_grad, "the gradient under create_graph=True is detached"
-    (g ** 2).sum().backward()
-    return g, [t.grad for t in leaves]
-
-
-def assert_same_penalty_grads(ours, theirs, inputs):
-    g, grads = penalty_grads(ours, inputs)
-    g_expected, grads_expected = penalty_grads(theirs, inputs)
-    assert_close(g, g_expected, name="first-order gradient")
-    for k, (got, expected) in enumerate(zip(grads, grads_expected)):
-        if expected is None:
-            assert got is None or not got.any(), f"input {k}: torch has no gradient"
-            continue
-        assert got is not None, f"input {k}: tritonprop returned no gradient"
-        assert_close(got, expected, name=f"penalty gradient of input {k}")
-
-
 # ------------------------------------------------------------------------------------------------
 # linear
 # ------------------------------------------------------------------------------------------------
@@ -105,18 +72,19 @@ def test_linear_gradgradcheck_one_differentiable_input(device, trainable):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_linear_gradient_penalty_matches_torch(device, activation):
     inputs = [t.float() for t in linear_inputs(device, (2, 3, 5), 4)]
-    assert_same_penalty_grads(lambda x, w, b: linear(x, w, b, activation=activation),
-                              lambda x, w, b: TORCH_ACTIVATIONS[activation](F.linear(x, w, b)), inputs)
+    assert_gradient_penalty_matches(lambda x, w, b: linear(x, w, b, activation=activation),
+                                    lambda x, w, b: TORCH_ACTIVATIONS[activation](F.linear(x, w, b)), *inputs)
 
 
 @pytest.mark.parametrize("shape,out_features", [((0, 5), 4), ((3, 0), 4), ((3, 5), 0)],
                          ids=["no_rows", "no_in_features", "no_out_features"])
 def test_linear_gradient_penalty_on_empty_shapes_matches_torch(device, shape, out_features):
-    inputs = [torch.randn(shape, device=device), torch.randn(out_features, shape[-1], device=device),
-              torch.randn(out_features, device=device)]
+    inputs = [torch.randn(shape, device=device, requires_grad=True),
+              torch.randn(out_features, shape[-1], device=device, requires_grad=True),
+              torch.randn(out_features, device=device, requires_grad=True)]
     # Squared, so that the penalty reaches the bias too (through dy = 2y).
-    assert_same_penalty_grads(lambda x, w, b: linear(x, w, b, activation="gelu") ** 2,
-                              lambda x, w, b: F.gelu(F.linear(x, w, b)) ** 2, inputs)
+    assert_gradient_penalty_matches(lambda x, w, b: linear(x, w, b, activation="gelu") ** 2,
+                                    lambda x, w, b: F.gelu(F.linear(x, w, b)) ** 2, *inputs)
 
 
 def test_linear_third_order_gradient_matches_torch(device):
@@ -177,16 +145,16 @@ def test_relu_in_place_gradgradcheck(device):
 def test_activation_gradient_penalty_matches_torch(device, name):
     ours, theirs, kwargs = ELEMENTWISE[name]
     x = away_from_zero((3, 5), device).float()
-    w = torch.randn(5, device=device)
+    w = torch.randn(5, device=device, requires_grad=True)
     # x * w gives the penalty a parameter to reach, as a layer before the activation would.
-    assert_same_penalty_grads(lambda x, w: ours(x * w, **kwargs), lambda x, w: theirs(x * w, **kwargs), [x, w])
+    assert_gradient_penalty_matches(lambda x, w: ours(x * w, **kwargs), lambda x, w: theirs(x * w, **kwargs), x, w)
 
 
 def test_relu_alone_gradient_penalty_is_zero_like_torch(device):
     # relu's gradient (the mask) requires grad in torch, with a zero derivative: no error, zeros.
-    assert_same_penalty_grads(relu, F.relu, [away_from_zero((7,), device).float()])
-    assert_same_penalty_grads(lambda x: relu(x * 1.0, inplace=True), lambda x: F.relu(x * 1.0, inplace=True),
-                              [away_from_zero((7,), device).float()])
+    assert_gradient_penalty_matches(relu, F.relu, away_from_zero((7,), device).float())
+    assert_gradient_penalty_matches(lambda x: relu(x * 1.0, inplace=True), lambda x: F.relu(x * 1.0, inplace=True),
+                                    away_from_zero((7,), device).float())
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
@@ -236,8 +204,8 @@ def test_dropout_gradient_penalty_matches_the_reference_mask(device):
     # the same seed in plain torch autograd. Squaring makes dy depend on x, so the penalty's
     # gradient runs through the double backward.
     x = away_from_zero((4, 9), device).float()
-    assert_same_penalty_grads(lambda x: seeded(dropout)(x, 0.5) ** 2,
-                              lambda x: seeded(reference_dropout.dropout)(x, 0.5) ** 2, [x])
+    assert_gradient_penalty_matches(lambda x: seeded(dropout)(x, 0.5) ** 2,
+                                    lambda x: seeded(reference_dropout.dropout)(x, 0.5) ** 2, x)
 
 
 def test_dropout_double_backward_applies_the_forward_mask_to_any_order(device):

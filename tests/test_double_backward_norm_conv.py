@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close, assert_gradgradcheck
+from helpers import assert_close, assert_gradgradcheck, assert_gradient_penalty_matches
 from tritonprop import ops
 from tritonprop.ops import batchnorm as batchnorm_op
 from tritonprop.ops import conv as conv_op
@@ -15,28 +15,6 @@ from tritonprop.ops import layernorm as layernorm_op
 
 def _leaf(*shape, device="cpu", dtype=torch.float64, scale=1.0, shift=0.0):
     return (torch.randn(*shape, device=device, dtype=dtype) * scale + shift).requires_grad_()
-
-
-def _gradient_penalty_grads(fn, x, params):
-    """x.grad and each parameter's grad after backward of the penalty sum(d sum(fn(x)) / dx ** 2)."""
-    x = x.detach().clone().requires_grad_()
-    params = [p.detach().clone().requires_grad_() if p is not None else None for p in params]
-    g, = torch.autograd.grad(fn(x, *params).sum(), x, create_graph=True)
-    assert g.requires_grad, "the gradient under create_graph=True must itself carry a graph"
-    (g ** 2).sum().backward()
-    return [x.grad] + [p.grad for p in params if p is not None]
-
-
-def _assert_same_gradient_penalty(ours, theirs, x, *params):
-    names = ["x"] + [f"parameter {k}" for k, p in enumerate(params) if p is not None]
-    compared = 0
-    for name, a, e in zip(names, _gradient_penalty_grads(ours, x, params), _gradient_penalty_grads(theirs, x, params)):
-        # A penalty that does not depend on a tensor (x, for a conv without activation) leaves its grad None.
-        assert (a is None) == (e is None), f"{name}: a gradient on one side only (ours None: {a is None})"
-        if e is not None:
-            assert_close(a, e, name=f"gradient of the penalty w.r.t. {name}")
-            compared += 1
-    assert compared, "the penalty reached no tensor"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -86,7 +64,7 @@ def test_conv2d_third_order_runs_on_the_kernels(device):
 def test_conv2d_gradient_penalty_matches_torch(device, activation):
     torch_activation = {None: lambda y: y, "gelu": F.gelu}[activation]
     x, w, b = _leaf(2, 3, 5, 4, device=device), _leaf(4, 3, 3, 3, device=device), _leaf(4, device=device)
-    _assert_same_gradient_penalty(
+    assert_gradient_penalty_matches(
         lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1, activation=activation),
         lambda x, w, b: torch_activation(F.conv2d(x, w, b, stride=2, padding=1)),
         x, w, b,
@@ -96,8 +74,8 @@ def test_conv2d_gradient_penalty_matches_torch(device, activation):
 def test_conv2d_gradient_penalty_in_float32_matches_torch(device):
     x, w, b = (t.float() for t in (_leaf(2, 3, 5, 5, device=device), _leaf(4, 3, 3, 3, device=device),
                                    _leaf(4, device=device)))
-    _assert_same_gradient_penalty(lambda x, w, b: ops.conv2d(x, w, b, padding=1),
-                                  lambda x, w, b: F.conv2d(x, w, b, padding=1), x, w, b)
+    assert_gradient_penalty_matches(lambda x, w, b: ops.conv2d(x, w, b, padding=1),
+                                    lambda x, w, b: F.conv2d(x, w, b, padding=1), x, w, b)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -136,7 +114,7 @@ def test_batch_norm_gradient_penalty_matches_torch(device, training, fuse_relu):
     running_mean = torch.randn(3, device=device, dtype=torch.float64)
     running_var = torch.rand(3, device=device, dtype=torch.float64) + 0.5
     torch_activation = F.relu if fuse_relu else (lambda y: y)
-    _assert_same_gradient_penalty(
+    assert_gradient_penalty_matches(
         lambda x, w, b: ops.batch_norm(x, running_mean.clone(), running_var.clone(), w, b, training=training,
                                        fuse_relu=fuse_relu),
         lambda x, w, b: torch_activation(F.batch_norm(x, running_mean.clone(), running_var.clone(), w, b,
@@ -188,8 +166,8 @@ def test_layer_norm_gradgradcheck_full_jacobian(device):
 def test_layer_norm_gradient_penalty_matches_torch(device, dtype):
     x = _leaf(3, 2, 5, device=device, dtype=dtype, scale=2.0, shift=0.5)
     w, b = _leaf(5, device=device, dtype=dtype), _leaf(5, device=device, dtype=dtype)
-    _assert_same_gradient_penalty(lambda x, w, b: ops.layer_norm(x, (5,), w, b),
-                                  lambda x, w, b: F.layer_norm(x, (5,), w, b), x, w, b)
+    assert_gradient_penalty_matches(lambda x, w, b: ops.layer_norm(x, (5,), w, b),
+                                    lambda x, w, b: F.layer_norm(x, (5,), w, b), x, w, b)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_close, assert_gradcheck, assert_matches
+from helpers import assert_close, assert_gradcheck, assert_matches, seeded
 from tritonprop import backend
 from tritonprop.kernels import dropout as K
 from tritonprop.kernels import elementwise
@@ -37,14 +37,6 @@ def make_input(shape=(2, 3, 4, 5), view="contiguous", device="cpu", dtype=torch.
     x = torch.randn(shape, device=device)
     x = x.sign() * (x.abs() + 0.1)
     return VIEWS[view](x.to(dtype)).requires_grad_()
-
-
-def seeded(fn, seed=7):
-    """`fn` with torch's generator reset first: every call draws the same dropout seed."""
-    def call(*args, **kwargs):
-        torch.manual_seed(seed)
-        return fn(*args, **kwargs)
-    return call
 
 
 def scaled(t, p):
