@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 
 import torch
 
@@ -36,6 +37,18 @@ def check_param_dtype(op: str, name: str, param: torch.Tensor, input_dtype: torc
         return
     allowed = f"{input_dtype}" + (" or torch.float32" if input_dtype in _LOW_PRECISION else "")
     raise RuntimeError(f"{op}: {name} has dtype {param.dtype}, but input is {input_dtype}; expected {allowed}")
+
+
+def is_int_like(value) -> bool:
+    """What torch's int arguments take: Python and numpy integers and integer 0-d tensors, not bool,
+    float or None."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 def real_number(op: str, name: str, value) -> float:

@@ -119,26 +119,14 @@ class Conv2dWeightGradFn(torch.autograd.Function):
         return d_dz, d_x, None, None, None, None, None
 
 
-def _int_like(value) -> bool:
-    # torch's int arguments take Python and numpy integers and integer 0-d tensors; bool, float
-    # and None are refused.
-    if isinstance(value, bool):
-        return False
-    try:
-        operator.index(value)
-    except TypeError:
-        return False
-    return True
-
-
 def _int_pair(name, value):
     """An int or a sequence of ints as torch's int[2] argument takes it: TypeError for anything else.
 
     Lengths other than 1 and 2 are left for `conv2d_geometry`, which refuses them as torch does.
     """
-    if _int_like(value):
+    if _checks.is_int_like(value):
         return operator.index(value)
-    if isinstance(value, (tuple, list, torch.Size)) and all(_int_like(v) for v in value):
+    if isinstance(value, (tuple, list, torch.Size)) and all(_checks.is_int_like(v) for v in value):
         return tuple(operator.index(v) for v in value)
     raise TypeError(f"{OP}: {name} must be an int or a tuple of ints, but got {name}={value!r} "
                     f"of type {type(value).__name__}")
@@ -154,7 +142,7 @@ def _validate(input, weight, bias, groups):
     if weight.dim() != 4:
         raise RuntimeError(f"{OP}: expected a 4D weight (out_channels, in_channels/groups, kH, kW), "
                            f"got weight of size {list(weight.shape)}")
-    if not _int_like(groups):
+    if not _checks.is_int_like(groups):
         raise TypeError(f"{OP}: groups must be an int, but got groups={groups!r} of type {type(groups).__name__}")
     groups = operator.index(groups)
     if groups <= 0:

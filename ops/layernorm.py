@@ -73,7 +73,7 @@ def _normalized_shape(normalized_shape) -> tuple[int, ...]:
         raise TypeError(f"{OP}: normalized_shape must be a tuple of ints, not {type(normalized_shape).__name__}")
     sizes = []
     for size in normalized_shape:
-        if isinstance(size, bool) or not hasattr(size, "__index__") or isinstance(size, torch.Tensor):
+        if isinstance(size, torch.Tensor) or not _checks.is_int_like(size):
             raise TypeError(f"{OP}: normalized_shape must be a tuple of ints, but found element of type "
                             f"{type(size).__name__}")
         sizes.append(operator.index(size))
