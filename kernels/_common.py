@@ -1,6 +1,8 @@
-"""Launch helpers shared by every kernels module: autotuning, device facts, accumulator types."""
+"""Launch helpers shared by every kernels module: autotuning, launching, device facts, accumulator types."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import torch
@@ -19,6 +21,37 @@ def autotune(configs, key, **kwargs):
     if backend.interpreting():
         configs = configs[:1]
     return triton.autotune(configs=configs, key=key, **kwargs)
+
+
+# True while a launch function runs for its allocations only (see `allocations_only`).
+_ALLOCATIONS_ONLY = contextvars.ContextVar("tritonprop_allocations_only", default=False)
+
+
+def _skip_launch(*args, **kwargs):
+    return None
+
+
+def launch(kernel, grid):
+    """``kernel[grid]``: every launch function starts its kernels through this one place.
+
+    Inside `allocations_only` it returns a call that does nothing, so that a launch function run
+    on fake tensors (torch.compile, torch.export, opcheck) gives its outputs' shapes, dtypes and
+    strides without running a kernel.
+    """
+    if _ALLOCATIONS_ONLY.get():
+        return _skip_launch
+    return kernel[grid]
+
+
+@contextlib.contextmanager
+def allocations_only():
+    """Run launch functions for their allocations alone: the fake (meta) implementation of every
+    tritonprop custom op is its launch function run on fake tensors inside this context."""
+    token = _ALLOCATIONS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _ALLOCATIONS_ONLY.reset(token)
 
 
 @functools.lru_cache(maxsize=None)

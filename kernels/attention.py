@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from tritonprop import backend
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, dot_accumulate, dot_options
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, dot_accumulate, dot_options, launch
 
 # attn_mask kinds (constexpr MASK_KIND).
 NO_MASK, BOOL_MASK, ADDITIVE_MASK = 0, 1, 2
@@ -579,7 +579,7 @@ def forward(q, k, v, mask, is_causal, scale, dropout_p, seed, out_order=(0, 1, 2
                                                      options["BLOCK_DV"]), Sq, Sk)
     mask_arg, mask_strides, mask_kind = _mask_args(mask, q)
     num_m_blocks = triton.cdiv(Sq, block_m)
-    attention_forward_kernel[(num_m_blocks * B * Hq,)](
+    launch(attention_forward_kernel, (num_m_blocks * B * Hq,))(
         q, k, v, o, lse, mask_arg, seed, _scales(scale, dropout_p, q.dtype, q.device),
         Sq, Sk, D, DV, Hq, Hq // Hkv, num_m_blocks,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *mask_strides, float(dropout_p),
@@ -615,7 +615,7 @@ def backward(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed,
     scales = _scales(scale, dropout_p, q.dtype, q.device)
     delta = torch.empty((B, Hq, Sq), device=q.device, dtype=acc_torch)
     num_m_blocks = triton.cdiv(Sq, PREPROCESS_BLOCK_M)
-    attention_backward_preprocess_kernel[(num_m_blocks * B * Hq,)](
+    launch(attention_backward_preprocess_kernel, (num_m_blocks * B * Hq,))(
         o, do, delta, Sq, DV, Hq, num_m_blocks, *o.stride(), *do.stride(),
         BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_DV=options["BLOCK_DV"], ACC_DTYPE=options["ACC_DTYPE"], num_warps=4,
     )
@@ -623,7 +623,7 @@ def backward(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed,
     if need_kv:
         block_m, block_n, num_warps, num_stages = _tiles(DKDV_TILES, q.dtype, head_block, Sq, Sk)
         num_n_blocks = triton.cdiv(Sk, block_n)
-        attention_backward_dkdv_kernel[(num_n_blocks * B * Hkv,)](
+        launch(attention_backward_dkdv_kernel, (num_n_blocks * B * Hkv,))(
             q, k, v, do, lse, delta, dk, dv, mask_arg, seed, scales,
             Sq, Sk, D, DV, Hq, Hkv, Hq // Hkv, num_n_blocks,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mask_strides,
@@ -634,7 +634,7 @@ def backward(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed,
         dq_out = dq if need_q else torch.empty_like(q, memory_format=torch.contiguous_format)
         block_m, block_n, num_warps, num_stages = _tiles(DQ_TILES, q.dtype, head_block, Sq, Sk)
         num_m_blocks = triton.cdiv(Sq, block_m)
-        attention_backward_dq_kernel[(num_m_blocks * B * Hq,)](
+        launch(attention_backward_dq_kernel, (num_m_blocks * B * Hq,))(
             q, k, v, do, lse, delta, dq_out, dmask if need_mask else delta, mask_arg, seed, scales,
             Sq, Sk, D, DV, Hq, Hq // Hkv, num_m_blocks,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_out.stride(), *mask_strides,

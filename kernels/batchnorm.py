@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, parallel_programs
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, launch, parallel_programs
 from tritonprop.kernels.activations import relu
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
@@ -511,7 +511,7 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
         part_mean = torch.empty((P, C), device=x.device, dtype=acc_torch)
         part_m2 = torch.empty_like(part_mean)
         part_count = torch.empty_like(part_mean)
-        batch_norm_partial_stats_kernel[(layout.num_c_blocks * P,)](
+        launch(batch_norm_partial_stats_kernel, (layout.num_c_blocks * P,))(
             x, part_mean, part_m2, part_count,
             layout.O, layout.I, C, sxo, sxi, sxc,
             layout.num_o_blocks, num_i_chunks, tiles_per_chunk, layout.num_i_tiles,
@@ -519,7 +519,7 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
         )
         update = running_mean is not None
         block_c, grid = _channel_blocks(C)
-        batch_norm_merge_stats_kernel[grid](
+        launch(batch_norm_merge_stats_kernel, grid)(
             part_mean, part_m2, part_count, mean, invstd,
             running_mean if update else mean, running_var if update else invstd,
             P, C, eps, momentum, *_strides(running_mean, running_var),
@@ -527,12 +527,12 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
         )
     else:
         block_c, grid = _channel_blocks(C)
-        batch_norm_eval_stats_kernel[grid](
+        launch(batch_norm_eval_stats_kernel, grid)(
             running_mean, running_var, mean, invstd, C, eps, *_strides(running_mean, running_var),
             BLOCK_C=block_c, ACC_DTYPE=acc,
         )
 
-    batch_norm_apply_kernel[layout.tile_grid](
+    launch(batch_norm_apply_kernel, layout.tile_grid)(
         x, y, mean, invstd,
         weight if weight is not None else mean, bias if bias is not None else mean,
         layout.O, layout.I, C, sxo, sxi, sxc, syo, syi, syc, *_strides(weight, bias),
@@ -582,7 +582,7 @@ def backward(dy, x, weight, bias, mean, invstd, training, fuse_relu=False,
         P = layout.num_o_blocks * num_i_chunks
         part_sum_dy = torch.empty((P, C), device=x.device, dtype=acc_torch)
         part_sum_dy_xhat = torch.empty_like(part_sum_dy)
-        batch_norm_backward_partial_kernel[(layout.num_c_blocks * P,)](
+        launch(batch_norm_backward_partial_kernel, (layout.num_c_blocks * P,))(
             x, dy, mean, invstd, weight_arg, bias_arg, part_sum_dy, part_sum_dy_xhat,
             layout.O, layout.I, C, sxo, sxi, sxc, sdyo, sdyi, sdyc, *_strides(weight, bias),
             layout.num_o_blocks, num_i_chunks, tiles_per_chunk, layout.num_i_tiles,
@@ -591,7 +591,7 @@ def backward(dy, x, weight, bias, mean, invstd, training, fuse_relu=False,
         sum_dy = torch.empty(C, device=x.device, dtype=acc_torch)
         sum_dy_xhat = torch.empty_like(sum_dy)
         block_c, grid = _channel_blocks(C)
-        batch_norm_backward_merge_kernel[grid](
+        launch(batch_norm_backward_merge_kernel, grid)(
             part_sum_dy, part_sum_dy_xhat, sum_dy, sum_dy_xhat,
             dweight if need_weight else sum_dy, dbias if need_bias else sum_dy,
             P, C, WRITE_DWEIGHT=need_weight, WRITE_DBIAS=need_bias,
@@ -600,7 +600,7 @@ def backward(dy, x, weight, bias, mean, invstd, training, fuse_relu=False,
 
     if need_input:
         sdxo, sdxi, sdxc = layout.strides[2]
-        batch_norm_backward_input_kernel[layout.tile_grid](
+        launch(batch_norm_backward_input_kernel, layout.tile_grid)(
             x, dy, dx, mean, invstd, weight_arg, bias_arg, sum_dy, sum_dy_xhat,
             layout.O, layout.I, C, 1.0 / layout.count,
             sxo, sxi, sxc, sdyo, sdyi, sdyc, sdxo, sdxi, sdxc, *_strides(weight, bias),

@@ -28,6 +28,7 @@ from tritonprop.kernels._common import (
     accumulator_dtype,
     dot_accumulate,
     dot_options,
+    launch,
     parallel_programs,
 )
 
@@ -476,14 +477,14 @@ def forward(x, weight, bias, stride, padding, dilation, groups, output_size, act
     stride_b = bias.stride(0) if bias is not None else 0
     if is_depthwise(weight):
         block_m, block_c = 64, _block(K, 1, 32)
-        conv2d_depthwise_forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(K, block_c))](
+        launch(conv2d_depthwise_forward_kernel, (triton.cdiv(M, block_m), triton.cdiv(K, block_c)))(
             *pointers, M, H, W, Ho, Wo, R, S, K, Kg,
             *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(), stride_b, *geometry,
             **epilogue, BLOCK_M=block_m, BLOCK_C=block_c, num_warps=4,
         )
         return y, saved
     block_m, block_n, block_k = 64, _block(Kg, 16, 128), _block(Cg, 16, 64)
-    conv2d_forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(Kg, block_n), groups)](
+    launch(conv2d_forward_kernel, (triton.cdiv(M, block_m), triton.cdiv(Kg, block_n), groups))(
         *pointers, M, H, W, Ho, Wo, R, S, Cg, Kg,
         *x.stride(), *weight.stride(), *y.stride(), stride_b, *geometry,
         **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
@@ -501,7 +502,7 @@ def activation_backward(dy, saved, activation):
     order = sorted(range(4), key=lambda d: -saved.stride(d))
     sizes = [saved.shape[d] for d in order]
     block = 1024
-    conv2d_activation_backward_kernel[(triton.cdiv(saved.numel(), block),)](
+    launch(conv2d_activation_backward_kernel, (triton.cdiv(saved.numel(), block),))(
         dy, saved, dz, saved.numel(), sizes[1], sizes[2], sizes[3],
         *[dy.stride(d) for d in order], *[saved.stride(d) for d in order],
         ACTIVATION=ACTIVATIONS[activation], BLOCK=block, ACC_DTYPE=accumulator_dtype(saved.dtype),
@@ -524,14 +525,14 @@ def backward_input(dz, weight, input_shape, stride, padding, dilation, groups, m
     geometry = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
     if is_depthwise(weight):
         block_m, block_c = 64, _block(C, 1, 32)
-        conv2d_depthwise_backward_input_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
+        launch(conv2d_depthwise_backward_input_kernel, (triton.cdiv(M, block_m), triton.cdiv(C, block_c)))(
             dz, weight, dx, M, H, W, Ho, Wo, R, S, C, Kg,
             *dz.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *dx.stride(), *geometry,
             BLOCK_M=block_m, BLOCK_C=block_c, ACC_DTYPE=accumulator_dtype(dz.dtype), num_warps=4,
         )
         return dx
     block_m, block_n, block_k = 64, _block(Cg, 16, 128), _block(Kg, 16, 64)
-    conv2d_backward_input_kernel[(triton.cdiv(M, block_m), triton.cdiv(Cg, block_n), groups)](
+    launch(conv2d_backward_input_kernel, (triton.cdiv(M, block_m), triton.cdiv(Cg, block_n), groups))(
         dz, weight, dx, M, H, W, Ho, Wo, R, S, Cg, Kg,
         *dz.stride(), *weight.stride(), *dx.stride(), *geometry,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ACC_DTYPE=accumulator_dtype(dz.dtype),
@@ -575,13 +576,13 @@ def backward_weight(dz, x, weight, stride, padding, dilation, groups, need_weigh
     part_dw = torch.empty((num_splits, K, CRS), device=dz.device, dtype=acc_dtype)
     part_db = torch.empty((num_splits, K), device=dz.device, dtype=acc_dtype) if need_bias else part_dw
     if is_depthwise(weight):
-        conv2d_depthwise_backward_weight_kernel[(triton.cdiv(K, block_c), R * S, num_splits)](
+        launch(conv2d_depthwise_backward_weight_kernel, (triton.cdiv(K, block_c), R * S, num_splits))(
             dz, x, part_dw, part_db, M, H, W, Ho, Wo, S, K, Kg, CRS, rows_per_split,
             *dz.stride(), *x.stride(), *geometry,
             COMPUTE_BIAS=need_bias, BLOCK_M=block_rows, BLOCK_C=block_c, ACC_DTYPE=acc, num_warps=4,
         )
     else:
-        conv2d_backward_weight_kernel[(triton.cdiv(Kg, block_m), triton.cdiv(CRS, block_n), groups * num_splits)](
+        launch(conv2d_backward_weight_kernel, (triton.cdiv(Kg, block_m), triton.cdiv(CRS, block_n), groups * num_splits))(
             dz, x, part_dw, part_db,
             M, H, W, Ho, Wo, R, S, Cg, Kg, K, CRS, rows_per_split,
             *dz.stride(), *x.stride(), *geometry,
@@ -590,11 +591,11 @@ def backward_weight(dz, x, weight, stride, padding, dilation, groups, need_weigh
         )
     block = 1024
     if need_weight:
-        conv2d_reduce_partials_kernel[(triton.cdiv(K * CRS, block),)](
+        launch(conv2d_reduce_partials_kernel, (triton.cdiv(K * CRS, block),))(
             part_dw, dw, num_splits, K, CRS, R, S, *dw.stride(), BLOCK=block, ACC_DTYPE=acc,
         )
     if need_bias:
-        conv2d_reduce_partials_kernel[(triton.cdiv(K, block),)](
+        launch(conv2d_reduce_partials_kernel, (triton.cdiv(K, block),))(
             part_db, db, num_splits, K, 1, 1, 1, db.stride(0), 0, 0, 0, BLOCK=block, ACC_DTYPE=acc,
         )
     return dw, db

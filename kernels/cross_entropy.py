@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, launch
 
 # Elements per tile: wide enough for full-width loads, small enough for registers (16 fp32 values
 # per thread at 8 warps). A row longer than MAX_BLOCK_C is walked in column blocks; tests lower
@@ -595,7 +595,7 @@ def log_softmax_forward(x, dim):
     _, _, (syo, syi, syc) = row_layout(y.shape, y.stride(), dim)
     C = x.shape[dim]
     grid, blocks = _launch_kwargs(R, C, sxc)
-    log_softmax_forward_kernel[grid](
+    launch(log_softmax_forward_kernel, grid)(
         x, y, lse, R, C, inner, sxo, sxi, sxc, syo, syi, syc,
         **blocks, ACC_DTYPE=accumulator_dtype(x.dtype),
     )
@@ -615,7 +615,7 @@ def log_softmax_backward(dy, x, lse, dim):
     _, _, (sdxo, sdxi, sdxc) = row_layout(dx.shape, dx.stride(), dim)
     C = x.shape[dim]
     grid, blocks = _launch_kwargs(R, C, sxc)
-    log_softmax_backward_kernel[grid](
+    launch(log_softmax_backward_kernel, grid)(
         x, lse, dy, dx, R, C, inner, sxo, sxi, sxc, sdyo, sdyi, sdyc, sdxo, sdxi, sdxc,
         **blocks, ACC_DTYPE=accumulator_dtype(x.dtype),
     )
@@ -637,7 +637,7 @@ def _reduce(loss, part_loss, part_weight, reduction, num_programs, dtype):
     """Fixed-order sum of the partials into `loss`; returns the total weight ('mean' divides by it)."""
     total_weight = torch.empty((), device=loss.device, dtype=accumulator_torch_dtype(dtype))
     if reduction != "none":
-        loss_reduce_kernel[(1,)](
+        launch(loss_reduce_kernel, (1,))(
             part_loss, part_weight, loss, total_weight, num_programs,
             MEAN=reduction == "mean", BLOCK_P=min(_next_pow2(num_programs), REDUCE_BLOCK),
             ACC_DTYPE=accumulator_dtype(dtype),
@@ -671,7 +671,7 @@ def cross_entropy_forward(logits, target, weight, reduction, ignore_index, label
     smoothing = label_smoothing > 0.0
     weight_sum = _weight_sum(weight, C, logits.dtype, logits.device) if smoothing else lse
     if R:
-        cross_entropy_forward_kernel[grid](
+        launch(cross_entropy_forward_kernel, grid)(
             logits, target, weight if weight is not None else lse, weight_sum, _smoothing(label_smoothing, C, logits),
             lse, loss, part_loss, part_weight, R, C, inner, ignore_index, sxo, sxi, sxc, sto, sti,
             HAS_WEIGHT=weight is not None, SMOOTHING=smoothing, PER_ROW_LOSS=reduction == "none",
@@ -698,7 +698,7 @@ def cross_entropy_backward(grad, logits, target, weight, lse, total_weight, redu
     smoothing = label_smoothing > 0.0
     weight_sum = _weight_sum(weight, C, logits.dtype, logits.device) if smoothing else lse
     grid, blocks = _launch_kwargs(R, C, sxc)
-    cross_entropy_backward_kernel[grid](
+    launch(cross_entropy_backward_kernel, grid)(
         logits, target, weight if weight is not None else lse, weight_sum, _smoothing(label_smoothing, C, logits),
         lse, grad, total_weight, dx, R, C, inner, ignore_index,
         sxo, sxi, sxc, sto, sti, sgo, sgi, sdxo, sdxi, sdxc,
@@ -720,7 +720,7 @@ def nll_loss_forward(input, target, weight, reduction, ignore_index):
     loss, part_loss, part_weight = _loss_buffers(target.shape, target.device, input.dtype, reduction,
                                                   num_programs)
     if R:
-        nll_loss_forward_kernel[(num_programs,)](
+        launch(nll_loss_forward_kernel, (num_programs,))(
             input, target, weight if weight is not None else part_loss, loss, part_loss, part_weight,
             R, inner, ignore_index, sxo, sxi, sxc, sto, sti,
             HAS_WEIGHT=weight is not None, PER_ROW_LOSS=reduction == "none", BLOCK_R=block_r,
@@ -741,7 +741,7 @@ def nll_loss_backward(grad, target, weight, total_weight, input_shape, dtype, re
     target, (sto, sti) = _per_row_strides(target)
     grad, (sgo, sgi) = _per_row_strides(grad)
     grid, blocks = _launch_kwargs(R, C, sdxc)
-    nll_loss_backward_kernel[grid](
+    launch(nll_loss_backward_kernel, grid)(
         target, weight if weight is not None else total_weight, grad, total_weight, dx,
         R, C, inner, ignore_index, sto, sti, sgo, sgi, sdxo, sdxi, sdxc,
         HAS_WEIGHT=weight is not None, MEAN=reduction == "mean", **blocks, ACC_DTYPE=accumulator_dtype(dtype),
@@ -780,7 +780,7 @@ def cross_entropy_probs_forward(logits, target, weight, reduction, label_smoothi
     target, (_, _, (sto, sti, stc)) = _addressable(target, 1)
     grid, blocks = _launch_kwargs(R, C, sxc)
     loss, part_loss, part_weight = _loss_buffers(per_row_shape, logits.device, logits.dtype, reduction, grid[0])
-    cross_entropy_probs_forward_kernel[grid](
+    launch(cross_entropy_probs_forward_kernel, grid)(
         logits, target, weight if weight is not None else lse, _smoothing(label_smoothing, C, logits), lse, mass,
         loss, part_loss, part_weight, R, C, inner, sxo, sxi, sxc, sto, sti, stc,
         HAS_WEIGHT=weight is not None, SMOOTHING=label_smoothing > 0.0, PER_ROW_LOSS=reduction == "none",
@@ -815,7 +815,7 @@ def cross_entropy_probs_backward(grad, logits, target, weight, lse, mass, rows, 
         dtarget, dt_strides = _output_like(dtarget, 1)
     grad, (sgo, sgi) = _per_row_strides(grad)
     grid, blocks = _launch_kwargs(R, logits.shape[1], sxc)
-    cross_entropy_probs_backward_kernel[grid](
+    launch(cross_entropy_probs_backward_kernel, grid)(
         logits, target, weight if weight is not None else lse, _smoothing(label_smoothing, logits.shape[1], logits),
         lse, mass, grad, rows, dx if need_logits else lse, dtarget if need_target else lse,
         R, logits.shape[1], inner,

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype
+from tritonprop.kernels._common import accumulator_dtype, launch
 from tritonprop.kernels.activations import gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu, relu_grad
 
 # The constexpr ACTIVATION of the kernels.
@@ -195,7 +195,7 @@ def activation_backward_kernel(
 def _launch(kernel, tensors, layout, activation, acc_dtype):
     D0, D1, D2, D3 = layout.sizes
     numel = D0 * D1 * D2 * D3
-    kernel[(triton.cdiv(numel, BLOCK),)](
+    launch(kernel, (triton.cdiv(numel, BLOCK),))(
         *tensors, numel, D1, D2, D3, *[s for strides in layout.strides for s in strides],
         ACTIVATION=ACTIVATIONS[activation], FLAT=layout.flat, BLOCK=BLOCK, ACC_DTYPE=acc_dtype,
         num_warps=NUM_WARPS,

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, parallel_programs
+from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, launch, parallel_programs
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
@@ -324,7 +324,7 @@ def forward(x, normalized_ndim, weight, bias, eps, blocks=None):
     rows_inner, (x_strides, y_strides) = axes
     blocks = blocks or plan_blocks(M, N)
     (weight, bias), param_strides = _as_vectors(weight, bias)
-    layer_norm_forward_kernel[(triton.cdiv(M, blocks[0]),)](
+    launch(layer_norm_forward_kernel, (triton.cdiv(M, blocks[0]),))(
         x, y, weight if weight is not None else x, bias if bias is not None else x, mean, rstd,
         M, N, rows_inner, eps, *x_strides, *y_strides, *param_strides,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
@@ -377,7 +377,7 @@ def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, 
     part_dbias = torch.empty((P, N), device=x.device, dtype=acc_torch) if need_bias else mean
     acc = accumulator_dtype(x.dtype)
     (weight_vector,), weight_stride = _as_vectors(weight)
-    layer_norm_backward_kernel[(P, num_col_blocks)](
+    launch(layer_norm_backward_kernel, (P, num_col_blocks))(
         x, dy, dx if need_input else x, weight_vector if weight is not None else x, mean, rstd, part_dweight,
         part_dbias, M, N, rows_inner, row_blocks_per_chunk, *strides[0], *strides[1], *dx_strides, *weight_stride,
         HAS_WEIGHT=weight is not None, COMPUTE_DX=need_input, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
@@ -385,7 +385,7 @@ def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, 
     )
     if need_weight or need_bias:
         block_n = min(triton.next_power_of_2(N), 128)
-        layer_norm_reduce_partials_kernel[(triton.cdiv(N, block_n),)](
+        launch(layer_norm_reduce_partials_kernel, (triton.cdiv(N, block_n),))(
             part_dweight, part_dbias, dweight if need_weight else mean, dbias if need_bias else mean,
             P, N, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
             BLOCK_P=max(1, min(triton.next_power_of_2(P), 4096 // block_n)), BLOCK_N=block_n, ACC_DTYPE=acc,

@@ -31,6 +31,7 @@ from tritonprop.kernels._common import (
     accumulator_torch_dtype,
     dot_accumulate,
     dot_options,
+    launch,
     parallel_programs,
 )
 from tritonprop.kernels.activations import gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu
@@ -213,7 +214,7 @@ def _matmul(a, b, c, *, k_per_split, bias=None, activation=None, z=None, row_sum
     config = _tiles(a.dtype, rows, cols, inner)
     # A product with no columns still runs one column of programs, for the row sums.
     programs = triton.cdiv(rows, config["BLOCK_M"]) * max(1, triton.cdiv(cols, config["BLOCK_N"]))
-    matmul_kernel[(programs, num_splits)](
+    launch(matmul_kernel, (programs, num_splits))(
         a, b, c, bias if bias is not None else c, z if z is not None else c,
         row_sums if row_sums is not None else c,
         rows, cols, inner, k_per_split,
@@ -252,7 +253,7 @@ def activation_backward(dy, saved, activation):
     if dz.numel() == 0:
         return dz
     block_m, block_n = ELEMENTWISE_BLOCK
-    linear_activation_backward_kernel[(triton.cdiv(M, block_m), triton.cdiv(N, block_n))](
+    launch(linear_activation_backward_kernel, (triton.cdiv(M, block_m), triton.cdiv(N, block_n)))(
         dy, saved, dz, M, N, *dy.stride(), *saved.stride(), *dz.stride(),
         ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m, BLOCK_N=block_n,
         ACC_DTYPE=accumulator_dtype(saved.dtype), num_warps=4,
@@ -309,7 +310,7 @@ def backward_weight(dz, x, need_weight=True, need_bias=True, splits=None):
     block = 1024
     for part, out in ((part_dw, dw), (part_db, db)):
         if out is not None and out.numel():
-            linear_reduce_splits_kernel[(triton.cdiv(out.numel(), block),)](
+            launch(linear_reduce_splits_kernel, (triton.cdiv(out.numel(), block),))(
                 part, out, num_splits, out.numel(), BLOCK=block, ACC_DTYPE=accumulator_dtype(dz.dtype),
             )
     return dw, db
