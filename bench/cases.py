@@ -9,9 +9,12 @@ reference in tritonprop.ops.reference) and "torch" (torch native, the baseline e
 taken against). On CUDA the shapes are those of BENCHMARKS.md; under the
 interpreter each case keeps its dtype and layout but shrinks to a tiny stand-in shape.
 
-A new op writes its builder and `<op>_cases(device)` list in the style of batch norm below (in a
-module of its own, `bench/cases_<op>.py`, importing `Case` from `bench/case.py`), and registers
-it in `CASES` here; the report picks it up from there.
+The case groups are those the op registry (tritonprop/registry.py) names as its ops' bench cases,
+plus the groups that benchmark no single op (`NON_OP_GROUPS`: the whole models). A group `g` is
+built by the function `g_cases(device)` imported here. A new op writes its builder and case list
+in the style of batch norm below (in a module of its own, `bench/cases_<op>.py`, importing `Case`
+from `bench/case.py`), imports it here and names its group in its registry entry; each case's
+`op` is the registry name of the op it times. The report picks the groups up from `CASES`.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from tritonprop import ops
+from tritonprop import ops, registry
 from tritonprop.bench.cases_attention import attention_cases
 from tritonprop.bench.cases_cross_entropy import cross_entropy_cases
 from tritonprop.bench.cases_elementwise import elementwise_cases
@@ -188,18 +191,21 @@ def conv2d_cases(device: torch.device) -> list[Case]:
     return cases
 
 
-# op name -> its case list for a device
-CASES: dict[str, Callable[[torch.device], list[Case]]] = {
-    "batch_norm": batch_norm_cases,
-    "conv2d": conv2d_cases,
-    "elementwise": elementwise_cases,
-    "layer_norm": layer_norm_cases,
-    "cross_entropy": cross_entropy_cases,
-    "linear": linear_cases,
-    "rnn": rnn_cases,
-    "attention": attention_cases,
-    "models": models_cases,
-}
+# Case groups that time no single op of the registry: group -> its case list for a device.
+NON_OP_GROUPS: dict[str, Callable[[torch.device], list[Case]]] = {"models": models_cases}
+
+
+def _op_groups() -> dict[str, Callable[[torch.device], list[Case]]]:
+    """The registry's bench groups, each to its `<group>_cases` function."""
+    missing = [group for group in registry.groups("bench") if f"{group}_cases" not in globals()]
+    if missing:
+        raise ImportError(f"the op registry names bench groups with no case function here: "
+                          f"{', '.join(f'{group}_cases' for group in missing)}")
+    return {group: globals()[f"{group}_cases"] for group in registry.groups("bench")}
+
+
+# group -> its case list for a device: the registry's groups, then the non-op groups.
+CASES: dict[str, Callable[[torch.device], list[Case]]] = {**_op_groups(), **NON_OP_GROUPS}
 
 
 def cases_for(op_names, device: torch.device) -> list[Case]:

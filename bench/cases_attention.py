@@ -90,7 +90,7 @@ def attention_cases(device: torch.device) -> list[Case]:
         B, H, S, D = cuda_shape if device.type == "cuda" else cpu_shape
         flops = 4 * B * H * S * S * D // (2 if is_causal else 1)
         cases.append(Case(
-            op="attention", label=f"B{B}xH{H}xS{S}xD{D}" + (" causal" if is_causal else ""), shape=(B, H, S, D),
+            op="scaled_dot_product_attention", label=f"B{B}xH{H}xS{S}xD{D}" + (" causal" if is_causal else ""), shape=(B, H, S, D),
             dtype=torch.bfloat16, layout="BHSD", builder=_build_attention,
             work={"fwd": flops, "fwd+bwd": flops * 7 // 2}, unit="flops", target=TARGET,
             other_targets=OTHER_TARGETS, extra=(is_causal,),

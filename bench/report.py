@@ -23,6 +23,7 @@ import torch
 import triton
 
 import tritonprop
+from tritonprop import registry
 from tritonprop.bench import cases, timing
 
 
@@ -31,14 +32,37 @@ def parse_args(argv):
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "bench-out"),
                         help="output folder (default: $OUT if set, else ./bench-out)")
     parser.add_argument("--ops", default=",".join(cases.CASES),
-                        help=f"comma-separated ops to run (default: all of {', '.join(cases.CASES)})")
+                        help="comma-separated case groups, or ops of the registry (each runs its group), "
+                             f"to run (default: every group, {', '.join(cases.CASES)})")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions: quicker, noisier")
     args = parser.parse_args(argv)
-    args.ops = [op.strip() for op in args.ops.split(",") if op.strip()]
-    unknown = [op for op in args.ops if op not in cases.CASES]
-    if unknown or not args.ops:
-        parser.error(f"--ops: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(cases.CASES)}")
+    names = [name.strip() for name in args.ops.split(",") if name.strip()]
+    try:
+        args.ops = groups_of(names)
+    except ValueError as error:
+        parser.error(f"--ops: {error}")
     return args
+
+
+def groups_of(names: list[str]) -> list[str]:
+    """The case groups that `names` ask for, once each and in order: a group stands for itself, an
+    op of the registry (tritonprop/registry.py) for the group its entry names."""
+    groups = []
+    for name in names:
+        if name in cases.CASES:
+            group = name
+        elif name in registry.OPS:
+            group = registry.OPS[name].bench
+            if group is None:
+                raise ValueError(f"the op {name} has no benchmark cases (its registry entry says bench=None)")
+        else:
+            raise ValueError(f"unknown {name}; choose groups from {', '.join(cases.CASES)} "
+                             f"or ops from {', '.join(registry.OPS)}")
+        if group not in groups:
+            groups.append(group)
+    if not groups:
+        raise ValueError(f"none given; choose from {', '.join(cases.CASES)}")
+    return groups
 
 
 def git_commit() -> str | None:

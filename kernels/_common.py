@@ -1,9 +1,25 @@
-"""Launch helpers shared by every kernels module: autotuning, launching, device facts, accumulator types."""
+"""Helpers shared by every kernels module: autotuning, launching, device facts, accumulator types,
+block sizes, TF32, and the layout planning that lets a kernel address strided tensors in place.
+
+Layout planning
+---------------
+A kernel that walks tensors elementwise (or walks one axis of them) needs one stride per axis it
+addresses. Adjacent dims merge into one axis wherever, in every tensor, stepping the outer dim by
+one is the same as stepping the inner dim through its whole extent: a contiguous tensor becomes
+one axis of stride 1, a transposed matrix stays two axes, and the N, H and W dims of a
+channels_last (N, C, H, W) tensor, taken without C, become one axis of stride C. `merge_dims` is
+that rule, written once; each kernels module asks it for the axes it needs (batchnorm: two
+reduction axes, layernorm: two row axes and one column axis, cross_entropy: one outer and one
+inner axis). `plan` pads the result to the MAX_DIMS axes of the elementwise-style kernels
+(activations, dropout, the partials reduction), which turn their visit index into axis indices
+with `unravel` and into offsets with `strided_offsets`.
+"""
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import functools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -116,3 +132,93 @@ def chan_merge(count, mean, m2, part_count, part_mean, part_m2):
     delta = part_mean - mean
     share = part_count / tl.maximum(new_count, 1.0)
     return new_count, mean + delta * share, m2 + part_m2 + delta * delta * count * share
+
+
+# ----------------------------------------------------------------------------------------------
+# Block sizes and TF32
+# ----------------------------------------------------------------------------------------------
+
+
+def _next_pow2(n: int) -> int:
+    """The smallest power of two >= n, and 1 for n <= 1 (triton.next_power_of_2(0) is 0, no block size)."""
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def _block(n: int, lo: int, hi: int) -> int:
+    """A power of two covering n, clamped to [lo, hi] (tl.dot needs every tile side >= 16)."""
+    return max(lo, min(hi, _next_pow2(n)))
+
+
+def _allow_tf32(flag: str) -> bool:
+    """torch's TF32 switch for float32 dots, the one that torch's own op follows: 'cudnn' for
+    convolutions and RNNs, 'matmul' (cuBLAS) for linear layers and attention."""
+    if flag == "cudnn":
+        return torch.backends.cudnn.allow_tf32
+    if flag == "matmul":
+        return torch.backends.cuda.matmul.allow_tf32
+    raise ValueError(f"_allow_tf32: flag must be 'cudnn' or 'matmul', got {flag!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Layout planning (host side) and strided addressing (device side); see the module docstring
+# ----------------------------------------------------------------------------------------------
+
+# Axes that `plan` gives an elementwise-style kernel; a view needing more is staged through copies.
+MAX_DIMS = 4
+
+
+def merge_dims(shape, dims, strides) -> list:
+    """Merge the dims `dims` (outermost first) of same-shaped tensors into as few axes as possible.
+
+    `strides` holds one stride tuple per tensor. Returns the axes, outermost first, each as
+    ``[size, [stride per tensor]]``. Size-1 dims are dropped (their stride means nothing). Dim d
+    continues the axis before it when, in every tensor, that axis's stride equals d's stride times
+    d's size; the merged axis then steps by d's stride.
+    """
+    axes = []
+    for d in dims:
+        if shape[d] == 1:
+            continue
+        if axes and all(axis_stride == s[d] * shape[d] for axis_stride, s in zip(axes[-1][1], strides)):
+            axes[-1][0] *= shape[d]
+            axes[-1][1] = [s[d] for s in strides]
+        else:
+            axes.append([shape[d], [s[d] for s in strides]])
+    return axes
+
+
+class Layout(NamedTuple):
+    sizes: tuple  # (D0, D1, D2, D3), D3 innermost
+    strides: list  # one (s0, s1, s2, s3) per tensor
+    flat: bool  # every tensor dense in the visit order: element k at offset k
+
+
+def plan(tensors, order) -> Layout | None:
+    """The MAX_DIMS axes of same-shaped `tensors` whose dims are visited in `order` (outermost first).
+
+    Returns None when more than MAX_DIMS axes remain after merging.
+    """
+    axes = merge_dims(tensors[0].shape, order, [t.stride() for t in tensors])
+    if len(axes) > MAX_DIMS:
+        return None
+    flat = len(axes) == 0 or (len(axes) == 1 and all(s == 1 for s in axes[0][1]))
+    axes = [[1, [0] * len(tensors)]] * (MAX_DIMS - len(axes)) + axes
+    sizes = tuple(size for size, _ in axes)
+    per_tensor = [tuple(axis_strides[k] for _, axis_strides in axes) for k in range(len(tensors))]
+    return Layout(sizes, per_tensor, flat)
+
+
+@triton.jit
+def unravel(index, D1, D2, D3):
+    """Visit index -> its indices (i0, i1, i2, i3) on axes of sizes (D0, D1, D2, D3), D3 innermost."""
+    i3 = index % D3
+    rest = index // D3
+    i2 = rest % D2
+    rest = rest // D2
+    return rest // D1, rest % D1, i2, i3
+
+
+@triton.jit
+def strided_offsets(i0, i1, i2, i3, stride0, stride1, stride2, stride3):
+    # The indices are int64 (derived from an int64 visit index), so the offsets are too.
+    return i0 * stride0 + i1 * stride1 + i2 * stride2 + i3 * stride3

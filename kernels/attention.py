@@ -40,7 +40,8 @@ import triton
 import triton.language as tl
 
 from tritonprop import backend
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, dot_accumulate, dot_options, launch
+from tritonprop.kernels._common import (_allow_tf32, _block, _next_pow2, accumulator_dtype, accumulator_torch_dtype,
+                                        dot_accumulate, dot_options, launch)
 
 # attn_mask kinds (constexpr MASK_KIND).
 NO_MASK, BOOL_MASK, ADDITIVE_MASK = 0, 1, 2
@@ -69,6 +70,8 @@ PREPROCESS_BLOCK_M = 64
 # Under the interpreter every program and loop step costs Python time while numpy handles a large
 # tile as cheaply as a small one, so all passes use this square tile there.
 INTERPRETER_BLOCK = 64
+# SDPA's fp32 matmuls are cuBLAS-style matmuls: torch's matmul TF32 flag governs them.
+TF32_FLAG = "matmul"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,14 +512,9 @@ def attention_backward_dq_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _allow_tf32() -> bool:
-    # SDPA's fp32 matmuls are cuBLAS-style matmuls: torch's matmul TF32 flag governs them.
-    return torch.backends.cuda.matmul.allow_tf32
-
-
 def _head_block(d: int) -> int:
     # tl.dot needs every tile side >= 16; head dims that are not powers of two are padded and masked.
-    return max(16, triton.next_power_of_2(max(int(d), 1)))
+    return max(16, _next_pow2(d))
 
 
 def _tiles(table, dtype, head_block, rows, cols):
@@ -525,8 +523,7 @@ def _tiles(table, dtype, head_block, rows, cols):
     block_rows, block_cols, num_warps, num_stages = by_head[min(b for b in by_head if b >= head_block)]
     if backend.interpreting():
         block_rows = block_cols = INTERPRETER_BLOCK
-    clamp = lambda block, n: max(16, min(block, triton.next_power_of_2(max(int(n), 1))))  # noqa: E731
-    return clamp(block_rows, rows), clamp(block_cols, cols), num_warps, num_stages
+    return _block(rows, 16, block_rows), _block(cols, 16, block_cols), num_warps, num_stages
 
 
 def _scales(scale, dropout_p, dtype, device):
@@ -552,7 +549,8 @@ def _mask_args(mask, like):
 
 def _common(q, k, v, dropout_p):
     return dict(ACC_DTYPE=accumulator_dtype(q.dtype), BLOCK_D=_head_block(q.shape[-1]),
-                BLOCK_DV=_head_block(v.shape[-1]), DROPOUT=dropout_p > 0, **dot_options(q.dtype, _allow_tf32()))
+                BLOCK_DV=_head_block(v.shape[-1]), DROPOUT=dropout_p > 0,
+                **dot_options(q.dtype, _allow_tf32(TF32_FLAG)))
 
 
 def forward(q, k, v, mask, is_causal, scale, dropout_p, seed, out_order=(0, 1, 2, 3)):

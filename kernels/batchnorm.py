@@ -7,11 +7,12 @@ BatchNorm reduces over every dim but the channel dim. The launchers view an inpu
 
     O (outer reduction axis) x I (inner reduction axis) x C (channels)
 
-each with its own stride, by merging adjacent reduction dims whose strides allow it. An NCHW
-tensor becomes O=N (stride C*H*W), I=H*W (stride 1); a channels_last tensor, whose N and spatial
-dims merge into one, becomes O=1, I=N*H*W (stride C) with channel stride 1. Every kernel works
-on 3-D tiles [BLOCK_O, BLOCK_I, BLOCK_C] addressed with those strides, so both layouts are read
-in place, without copies and without per-element integer division.
+each with its own stride, by merging adjacent reduction dims whose strides allow it (`merge_dims`
+in kernels/_common.py). An NCHW tensor becomes O=N (stride C*H*W), I=H*W (stride 1); a
+channels_last tensor, whose N and spatial dims merge into one, becomes O=1, I=N*H*W (stride C)
+with channel stride 1. Every kernel works on 3-D tiles [BLOCK_O, BLOCK_I, BLOCK_C] addressed with
+those strides, so both layouts are read in place, without copies and without per-element integer
+division.
 
 Training forward (three launches):
   1. `batch_norm_partial_stats_kernel`: many programs per channel, each reducing a chunk of the
@@ -23,7 +24,8 @@ Training forward (three launches):
 
 Backward (see docs/batchnorm.md for the derivation):
   1. `batch_norm_backward_partial_kernel`: partial sums of dy and dy * xhat per chunk.
-  2. `batch_norm_backward_merge_kernel`: fixed-order sums; these are dbias and dweight.
+  2. `sum_partials` (kernels/reduction.py): fixed-order sums of the partials; these are dbias and
+     dweight.
   3. `batch_norm_backward_input_kernel`: dx from dy, xhat and the two sums.
 """
 from __future__ import annotations
@@ -32,8 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, launch, parallel_programs
+from tritonprop.kernels._common import (_block, _next_pow2, accumulator_dtype, accumulator_torch_dtype, chan_merge,
+                                        launch, merge_dims, parallel_programs)
 from tritonprop.kernels.activations import relu
+from tritonprop.kernels.reduction import sum_partials
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
@@ -295,30 +299,6 @@ def batch_norm_backward_partial_kernel(
 
 
 @triton.jit
-def batch_norm_backward_merge_kernel(
-    part_sum_dy_ptr, part_sum_dy_xhat_ptr, sum_dy_ptr, sum_dy_xhat_ptr, dweight_ptr, dbias_ptr,
-    P, C,
-    WRITE_DWEIGHT: tl.constexpr, WRITE_DBIAS: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DTYPE: tl.constexpr,
-):
-    # Fixed-order sum of the partials: sum(dy) is dbias and sum(dy * xhat) is dweight.
-    c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_mask = c < C
-    sum_dy = tl.zeros([BLOCK_C], ACC_DTYPE)
-    sum_dy_xhat = tl.zeros([BLOCK_C], ACC_DTYPE)
-    for p_start in range(0, P, BLOCK_P):
-        offs, mask = _partials_tile(p_start, c, P, C, BLOCK_P)
-        sum_dy += tl.sum(tl.load(part_sum_dy_ptr + offs, mask=mask, other=0.0), axis=0)
-        sum_dy_xhat += tl.sum(tl.load(part_sum_dy_xhat_ptr + offs, mask=mask, other=0.0), axis=0)
-    tl.store(sum_dy_ptr + c, sum_dy, mask=c_mask)
-    tl.store(sum_dy_xhat_ptr + c, sum_dy_xhat, mask=c_mask)
-    if WRITE_DWEIGHT:
-        tl.store(dweight_ptr + c, sum_dy_xhat.to(dweight_ptr.dtype.element_ty), mask=c_mask)
-    if WRITE_DBIAS:
-        tl.store(dbias_ptr + c, sum_dy.to(dbias_ptr.dtype.element_ty), mask=c_mask)
-
-
-@triton.jit
 def batch_norm_backward_input_kernel(
     x_ptr, dy_ptr, dx_ptr, mean_ptr, invstd_ptr, weight_ptr, bias_ptr, sum_dy_ptr, sum_dy_xhat_ptr,
     O, I, C, inv_count,
@@ -366,14 +346,7 @@ def reduction_axes(shape, *strides):
     ``(stride_o, stride_i, stride_c)``; or ``None`` when more than two axes remain (a view that
     must be copied first). Dims are merged only where the merge is valid for every tensor.
     """
-    dims = [d for d in [0, *range(2, len(shape))] if shape[d] != 1]
-    axes = []  # each: [size, [stride per tensor]]
-    for d in dims:
-        if axes and all(axis_stride == t[d] * shape[d] for axis_stride, t in zip(axes[-1][1], strides)):
-            axes[-1][0] *= shape[d]
-            axes[-1][1] = [t[d] for t in strides]
-        else:
-            axes.append([shape[d], [t[d] for t in strides]])
+    axes = merge_dims(shape, [0, *range(2, len(shape))], strides)
     if len(axes) > 2:
         return None
     while len(axes) < 2:
@@ -381,10 +354,6 @@ def reduction_axes(shape, *strides):
     sizes = (axes[0][0], axes[1][0])
     per_tensor = [(axes[0][1][k], axes[1][1][k], t[1]) for k, t in enumerate(strides)]
     return sizes, per_tensor
-
-
-def _next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
 
 
 def plan_tiles(O: int, I: int, C: int, stride_i: int, stride_c: int):
@@ -417,13 +386,9 @@ def _chunking(num_c_blocks, num_o_blocks, num_i_tiles, device, chunks=None):
 
 
 def _channel_blocks(C):
-    """Block size and grid of the per-channel kernels (merges and eval statistics)."""
+    """Block size and grid of the per-channel kernels (the statistics merge and eval statistics)."""
     block_c = min(_next_pow2(C), 128)
     return block_c, (triton.cdiv(C, block_c),)
-
-
-def _partials_block(P, block_c):
-    return max(1, min(_next_pow2(P), 4096 // block_c))
 
 
 class Layout:
@@ -523,7 +488,7 @@ def forward(x, weight, bias, running_mean, running_var, training, momentum, eps,
             part_mean, part_m2, part_count, mean, invstd,
             running_mean if update else mean, running_var if update else invstd,
             P, C, eps, momentum, *_strides(running_mean, running_var),
-            UPDATE_RUNNING=update, BLOCK_P=_partials_block(P, block_c), BLOCK_C=block_c, ACC_DTYPE=acc,
+            UPDATE_RUNNING=update, BLOCK_P=_block(P, 1, TILE_ELEMENTS // block_c), BLOCK_C=block_c, ACC_DTYPE=acc,
         )
     else:
         block_c, grid = _channel_blocks(C)
@@ -588,15 +553,12 @@ def backward(dy, x, weight, bias, mean, invstd, training, fuse_relu=False,
             layout.num_o_blocks, num_i_chunks, tiles_per_chunk, layout.num_i_tiles,
             **flags, **_block_kwargs(layout), ACC_DTYPE=acc,
         )
+        # Fixed-order sums of the partials: sum(dy) is dbias and sum(dy * xhat) is dweight; dx
+        # reads them in the accumulator dtype, and the gradients get their parameter's dtype.
         sum_dy = torch.empty(C, device=x.device, dtype=acc_torch)
         sum_dy_xhat = torch.empty_like(sum_dy)
-        block_c, grid = _channel_blocks(C)
-        launch(batch_norm_backward_merge_kernel, grid)(
-            part_sum_dy, part_sum_dy_xhat, sum_dy, sum_dy_xhat,
-            dweight if need_weight else sum_dy, dbias if need_bias else sum_dy,
-            P, C, WRITE_DWEIGHT=need_weight, WRITE_DBIAS=need_bias,
-            BLOCK_P=_partials_block(P, block_c), BLOCK_C=block_c, ACC_DTYPE=acc,
-        )
+        sum_partials(part_sum_dy, sum_dy, copy=dbias)
+        sum_partials(part_sum_dy_xhat, sum_dy_xhat, copy=dweight)
 
     if need_input:
         sdxo, sdxi, sdxc = layout.strides[2]

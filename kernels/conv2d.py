@@ -12,10 +12,12 @@ by their strides, so NCHW and channels_last run without copies and im2col is nev
   dgrad     rows (n, ih, iw)   x  cols c   over (r, s, k)          conv2d_backward_input_kernel
   wgrad     rows k             x  cols (c, r, s)  over (n, oh, ow) conv2d_backward_weight_kernel
             (split-K: partials to a workspace, summed in a fixed order by
-             conv2d_reduce_partials_kernel, so the result is deterministic)
+             kernels/reduction.py, so the result is deterministic)
 
-The forward fuses bias and ReLU or GELU (constexpr flags); `activation_backward` turns the
-upstream gradient into the gradient of the pre-activation. docs/conv2d.md derives each kernel.
+The forward fuses bias and ReLU or GELU (constexpr flags, the shared codes and helpers of
+kernels/activations.py); `activation_backward` turns the upstream gradient into the gradient of
+the pre-activation, with the shared elementwise kernel (kernels/elementwise.py).
+docs/conv2d.md derives each kernel.
 """
 from __future__ import annotations
 
@@ -23,16 +25,14 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels.activations import gelu, gelu_grad, relu
-from tritonprop.kernels._common import (
-    accumulator_dtype,
-    dot_accumulate,
-    dot_options,
-    launch,
-    parallel_programs,
-)
+from tritonprop.kernels import elementwise
+from tritonprop.kernels._common import (_allow_tf32, _block, accumulator_dtype, accumulator_torch_dtype,
+                                        dot_accumulate, dot_options, launch, parallel_programs)
+from tritonprop.kernels.activations import ACTIVATIONS, SAVES_PREACTIVATION, apply_activation
+from tritonprop.kernels.reduction import sum_partials
 
-ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2}
+# float32 dots follow cuDNN's TF32 flag, as torch's own convolution does.
+TF32_FLAG = "cudnn"
 
 
 @triton.jit
@@ -108,11 +108,7 @@ def _bias_activation_store(acc, b_ptr, y_ptr, z_ptr, n, oh, ow, k, row_ok, col_o
     if HAS_BIAS:
         # By its stride: a bias may be a strided view or an expanded (stride-0) tensor.
         acc += tl.load(b_ptr + k.to(tl.int64) * stride_b, mask=col_ok, other=0.0).to(ACC_DTYPE)[None, :]
-    out = acc
-    if ACTIVATION == 1:
-        out = relu(acc)
-    elif ACTIVATION == 2:
-        out = gelu(acc)
+    out = apply_activation(acc, ACTIVATION)
 
     y_offsets = (n.to(tl.int64) * stride_yn + oh.to(tl.int64) * stride_yh + ow.to(tl.int64) * stride_yw)[:, None] \
         + k.to(tl.int64)[None, :] * stride_yk
@@ -246,7 +242,8 @@ def conv2d_depthwise_backward_weight_kernel(
         if COMPUTE_BIAS:
             bias_acc += tl.sum(dz, axis=0)
 
-    # Workspace layout [split, k, (r, s)], the layout conv2d_reduce_partials_kernel sums.
+    # Workspace layout [split, k, (r, s)]: row `split` holds dw in its logical order, which is
+    # what `sum_partials` sums.
     part_row = (split * K + k).to(tl.int64)
     tl.store(part_dw_ptr + part_row * RS + tap, acc, mask=k_ok)
     if COMPUTE_BIAS:
@@ -257,35 +254,6 @@ def conv2d_depthwise_backward_weight_kernel(
 # ----------------------------------------------------------------------------------------------
 # Backward
 # ----------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def conv2d_activation_backward_kernel(
-    dy_ptr, saved_ptr, dz_ptr, numel, D1, D2, D3,
-    stride_dy0, stride_dy1, stride_dy2, stride_dy3,
-    stride_s0, stride_s1, stride_s2, stride_s3,
-    ACTIVATION: tl.constexpr, BLOCK: tl.constexpr, ACC_DTYPE: tl.constexpr,
-):
-    # dz = dy * act'(z). dz is allocated like `saved` (contiguous in its own memory order), so
-    # it is written by flat index; dy may have any strides, so its offset is rebuilt from the
-    # 4-D index of the element in saved's logical order.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    i3 = offs % D3
-    i2 = (offs // D3) % D2
-    i1 = (offs // (D3 * D2)) % D1
-    i0 = offs // (D3 * D2 * D1)
-    saved = tl.load(saved_ptr + i0 * stride_s0 + i1 * stride_s1 + i2 * stride_s2 + i3 * stride_s3,
-                    mask=mask, other=0.0).to(ACC_DTYPE)
-    dy = tl.load(dy_ptr + i0 * stride_dy0 + i1 * stride_dy1 + i2 * stride_dy2 + i3 * stride_dy3,
-                 mask=mask, other=0.0).to(ACC_DTYPE)
-    if ACTIVATION == 1:
-        # `saved` is y = relu(z): y <= 0 exactly where z <= 0 (NaN stays NaN), as torch's mask.
-        dz = tl.where(saved <= 0.0, 0.0, dy)
-    else:
-        dz = dy * gelu_grad(saved)
-    tl.store(dz_ptr + i0 * stride_s0 + i1 * stride_s1 + i2 * stride_s2 + i3 * stride_s3,
-             dz.to(dz_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -403,40 +371,9 @@ def conv2d_backward_weight_kernel(
             tl.store(part_db_ptr + part_row, bias_acc, mask=k_ok)
 
 
-@triton.jit
-def conv2d_reduce_partials_kernel(
-    part_ptr, out_ptr, num_splits, K, CRS, R, S,
-    stride_ok, stride_oc, stride_or, stride_os,
-    BLOCK: tl.constexpr, ACC_DTYPE: tl.constexpr,
-):
-    # out[k, c, r, s] = sum over splits of part[split, k, (c, r, s)], in split order; the bias
-    # gradient uses the same kernel with CRS = R = S = 1.
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < K * CRS
-    total = tl.zeros([BLOCK], dtype=ACC_DTYPE)
-    for split in range(0, num_splits):
-        total += tl.load(part_ptr + split * K * CRS + offs, mask=mask, other=0.0)
-    k = offs // CRS
-    crs = offs % CRS
-    c = crs // (R * S)
-    r = (crs // S) % R
-    s = crs % S
-    tl.store(out_ptr + k * stride_ok + c * stride_oc + r * stride_or + s * stride_os,
-             total.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 # ----------------------------------------------------------------------------------------------
 # Launch functions
 # ----------------------------------------------------------------------------------------------
-
-
-def _block(n: int, lo: int, hi: int) -> int:
-    """A power of two covering n, clamped to [lo, hi] (tl.dot needs every tile side >= 16)."""
-    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
-
-
-def _allow_tf32() -> bool:
-    return torch.backends.cudnn.allow_tf32
 
 
 def is_depthwise(weight: torch.Tensor) -> bool:
@@ -465,8 +402,8 @@ def forward(x, weight, bias, stride, padding, dilation, groups, output_size, act
     Kg = K // groups
     memory_format = output_layout(x, weight)
     y = torch.empty((N, K, Ho, Wo), device=x.device, dtype=x.dtype, memory_format=memory_format)
-    z = torch.empty_like(y) if activation == "gelu" else None
-    saved = {None: None, "relu": y, "gelu": z}[activation]
+    z = torch.empty_like(y) if activation in SAVES_PREACTIVATION else None
+    saved = z if z is not None else (y if activation == "relu" else None)
     M = N * Ho * Wo
     if M == 0 or K == 0:
         return y, saved
@@ -488,26 +425,16 @@ def forward(x, weight, bias, stride, padding, dilation, groups, output_size, act
         *pointers, M, H, W, Ho, Wo, R, S, Cg, Kg,
         *x.stride(), *weight.stride(), *y.stride(), stride_b, *geometry,
         **epilogue, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        **dot_options(x.dtype, _allow_tf32()), num_warps=4,
+        **dot_options(x.dtype, _allow_tf32(TF32_FLAG)), num_warps=4,
     )
     return y, saved
 
 
-def activation_backward(dy, saved, activation):
-    """Gradient of the pre-activation from the gradient of the output."""
-    dz = torch.empty_like(saved)
-    if saved.numel() == 0:
-        return dz
-    # dz is written in saved's memory order: walk saved's dims from outermost to innermost.
-    order = sorted(range(4), key=lambda d: -saved.stride(d))
-    sizes = [saved.shape[d] for d in order]
-    block = 1024
-    launch(conv2d_activation_backward_kernel, (triton.cdiv(saved.numel(), block),))(
-        dy, saved, dz, saved.numel(), sizes[1], sizes[2], sizes[3],
-        *[dy.stride(d) for d in order], *[saved.stride(d) for d in order],
-        ACTIVATION=ACTIVATIONS[activation], BLOCK=block, ACC_DTYPE=accumulator_dtype(saved.dtype),
-    )
-    return dz
+# activation_backward(dy, saved, activation): the gradient of the pre-activation from the gradient
+# of the output, dz = dy * act'(z), with `saved` as `forward` returned it. dz is laid out like
+# saved; dy may have any strides. The one activation backward, shared with linear and the
+# standalone activations.
+activation_backward = elementwise.backward
 
 
 def backward_input(dz, weight, input_shape, stride, padding, dilation, groups, memory_format):
@@ -536,7 +463,7 @@ def backward_input(dz, weight, input_shape, stride, padding, dilation, groups, m
         dz, weight, dx, M, H, W, Ho, Wo, R, S, Cg, Kg,
         *dz.stride(), *weight.stride(), *dx.stride(), *geometry,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ACC_DTYPE=accumulator_dtype(dz.dtype),
-        **dot_options(dz.dtype, _allow_tf32()), num_warps=4,
+        **dot_options(dz.dtype, _allow_tf32(TF32_FLAG)), num_warps=4,
     )
     return dx
 
@@ -552,7 +479,7 @@ def backward_weight(dz, x, weight, stride, padding, dilation, groups, need_weigh
     Ho, Wo = dz.shape[2:]
     Kg = K // groups
     CRS = Cg * R * S
-    acc_dtype = torch.float64 if dz.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulator_torch_dtype(dz.dtype)
     dw = torch.empty_like(weight) if need_weight else None
     db = torch.empty(K, device=dz.device, dtype=weight.dtype) if need_bias else None
     M = N * Ho * Wo
@@ -587,15 +514,11 @@ def backward_weight(dz, x, weight, stride, padding, dilation, groups, need_weigh
             M, H, W, Ho, Wo, R, S, Cg, Kg, K, CRS, rows_per_split,
             *dz.stride(), *x.stride(), *geometry,
             COMPUTE_BIAS=need_bias, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_rows, ACC_DTYPE=acc,
-            **dot_options(dz.dtype, _allow_tf32()), num_warps=4,
+            **dot_options(dz.dtype, _allow_tf32(TF32_FLAG)), num_warps=4,
         )
-    block = 1024
+    # The partials summed over the splits in a fixed order, each written through dw's and db's strides.
     if need_weight:
-        launch(conv2d_reduce_partials_kernel, (triton.cdiv(K * CRS, block),))(
-            part_dw, dw, num_splits, K, CRS, R, S, *dw.stride(), BLOCK=block, ACC_DTYPE=acc,
-        )
+        sum_partials(part_dw, dw)
     if need_bias:
-        launch(conv2d_reduce_partials_kernel, (triton.cdiv(K, block),))(
-            part_db, db, num_splits, K, 1, 1, 1, db.stride(0), 0, 0, 0, BLOCK=block, ACC_DTYPE=acc,
-        )
+        sum_partials(part_db, db)
     return dw, db

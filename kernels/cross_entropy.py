@@ -11,8 +11,8 @@ and the dims after it into one "inner" axis, so that row r starts at
 (N, C) logits are N rows with inner = 1; (N, C, H, W) logits are N*H*W rows with inner = H*W,
 read where they lie, without the transpose copy that a (N*H*W, C) view would need. Per-row
 tensors (targets, per-row losses, upstream gradients) are addressed the same way with their own
-strides. `row_layout` finds the strides; a view whose outer or inner dims do not merge into one
-axis is copied once by the launchers.
+strides. `row_layout` finds the strides (with `merge_dims` of kernels/_common.py); a view whose
+outer or inner dims do not merge into one axis is copied once by the launchers.
 
 Kernels (docs/cross_entropy.md derives each one):
   log_softmax_forward_kernel     pass 1: online log-sum-exp over column blocks; pass 2: x - lse
@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, launch
+from tritonprop.kernels._common import _next_pow2, accumulator_dtype, accumulator_torch_dtype, launch, merge_dims
 
 # Elements per tile: wide enough for full-width loads, small enough for registers (16 fp32 values
 # per thread at 8 warps). A row longer than MAX_BLOCK_C is walked in column blocks; tests lower
@@ -493,19 +493,12 @@ def cross_entropy_probs_backward_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _merge_dims(sizes, strides):
+def _one_axis(sizes, strides):
     """(size, stride) of a run of dims that steps through memory as one axis, or None if it cannot."""
-    size, stride = 1, 0
-    for n, s in reversed(list(zip(sizes, strides))):
-        if n == 1:
-            continue
-        if size == 1:
-            size, stride = n, s
-        elif s == stride * size:
-            size *= n
-        else:
-            return None
-    return size, stride
+    axes = merge_dims(sizes, range(len(sizes)), [strides])
+    if len(axes) > 1:
+        return None
+    return (axes[0][0], axes[0][1][0]) if axes else (1, 0)
 
 
 def row_layout(shape, strides, dim):
@@ -514,8 +507,8 @@ def row_layout(shape, strides, dim):
     The dims before `dim` merge into the outer axis and those after it into the inner one;
     returns None when either run does not merge (the tensor must be copied first).
     """
-    outer = _merge_dims(shape[:dim], strides[:dim])
-    inner = _merge_dims(shape[dim + 1:], strides[dim + 1:])
+    outer = _one_axis(shape[:dim], strides[:dim])
+    inner = _one_axis(shape[dim + 1:], strides[dim + 1:])
     if outer is None or inner is None:
         return None
     return outer[0] * inner[0], inner[0], (outer[1], inner[1], strides[dim])
@@ -536,17 +529,13 @@ def _per_row_strides(t):
     """(stride_o, stride_i) of a per-row tensor of shape (N, *spatial); copies it if needed."""
     if t.dim() == 0:
         return t, (0, 0)  # a scalar upstream gradient is read by every row
-    spatial = _merge_dims(t.shape[1:], t.stride()[1:])
+    spatial = _one_axis(t.shape[1:], t.stride()[1:])
     if spatial is None:
         # Spatial dims that need more than one stride (a slice of a slice): the copy is 1/C the
         # size of the logits.
         t = t.contiguous()
-        spatial = _merge_dims(t.shape[1:], t.stride()[1:])
+        spatial = _one_axis(t.shape[1:], t.stride()[1:])
     return t, (t.stride(0), spatial[1])
-
-
-def _next_pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
 
 
 def plan_blocks(rows: int, C: int, stride_c: int):

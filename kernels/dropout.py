@@ -20,8 +20,8 @@ fp32), as torch's CUDA kernel uses them for every dtype but float64; a float64 i
 1 / (1 - p) rounded to fp32.
 
 Layout: the kernel visits elements in logical order, so the visit index is L, and reads and
-writes each tensor by its strides (kernels/elementwise.py explains the axes); contiguous tensors
-take the FLAT path.
+writes each tensor by its strides (`plan` in kernels/_common.py finds the axes, and
+kernels/elementwise.py explains them); contiguous tensors take the FLAT path.
 """
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, launch
-from tritonprop.kernels.elementwise import plan, strided_offsets, unravel
+from tritonprop.kernels._common import accumulator_dtype, launch, plan, strided_offsets, unravel
 
 # Groups of four elements per program (1024 elements). Not autotuned, like every kernel here.
 BLOCK_GROUPS = 256

@@ -4,7 +4,7 @@ Layout
 ------
 LayerNorm normalizes each row of an input viewed as (M rows) x (N columns): the columns are the
 trailing `normalized_shape` dims, the rows everything before them. The launchers merge adjacent
-dims whose strides allow it, so each tensor is addressed by
+dims whose strides allow it (`merge_dims` in kernels/_common.py), so each tensor is addressed by
 
     row r = (outer, inner) with r = outer * rows_inner + inner   -> outer * stride_outer + inner * stride_inner
     column c                                                      -> c * stride_col
@@ -24,7 +24,7 @@ Backward (see docs/layernorm.md for the derivation):
      takes the two row sums dx needs over whole rows, writes dx for its column block, and keeps
      the column sums of dy * xhat and dy over its chunk of rows in registers: one row of the
      [chunks, N] partials for dweight and dbias.
-  2. `layer_norm_reduce_partials_kernel`: sums the partials in a fixed order (deterministic, no
+  2. `sum_partials` (kernels/reduction.py): sums the partials in a fixed order (deterministic, no
      atomics) into dweight and dbias.
 """
 from __future__ import annotations
@@ -35,7 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, chan_merge, launch, parallel_programs
+from tritonprop.kernels._common import (_block, accumulator_dtype, accumulator_torch_dtype, chan_merge, launch,
+                                        merge_dims, parallel_programs)
+from tritonprop.kernels.reduction import sum_partials
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
@@ -203,32 +205,6 @@ def layer_norm_backward_kernel(
         tl.store(part_dbias_ptr + partial, sum_dy, mask=cols < N)
 
 
-@triton.jit
-def layer_norm_reduce_partials_kernel(
-    part_dweight_ptr, part_dbias_ptr, dweight_ptr, dbias_ptr,
-    P, N,
-    COMPUTE_DWEIGHT: tl.constexpr, COMPUTE_DBIAS: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
-):
-    # One program per column block sums the [P, N] partials over P, always in the same order,
-    # so dweight and dbias are the same on every run.
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    dweight = tl.zeros([BLOCK_N], ACC_DTYPE)
-    dbias = tl.zeros([BLOCK_N], ACC_DTYPE)
-    for p_start in range(0, P, BLOCK_P):
-        p = p_start + tl.arange(0, BLOCK_P)
-        offsets = p.to(tl.int64)[:, None] * N + cols[None, :]
-        mask = (p < P)[:, None] & (cols < N)[None, :]
-        if COMPUTE_DWEIGHT:
-            dweight += tl.sum(tl.load(part_dweight_ptr + offsets, mask=mask, other=0.0), axis=0)
-        if COMPUTE_DBIAS:
-            dbias += tl.sum(tl.load(part_dbias_ptr + offsets, mask=mask, other=0.0), axis=0)
-    if COMPUTE_DWEIGHT:
-        tl.store(dweight_ptr + cols, dweight.to(dweight_ptr.dtype.element_ty), mask=cols < N)
-    if COMPUTE_DBIAS:
-        tl.store(dbias_ptr + cols, dbias.to(dbias_ptr.dtype.element_ty), mask=cols < N)
-
-
 # ----------------------------------------------------------------------------------------------
 # Launch planning
 # ----------------------------------------------------------------------------------------------
@@ -242,20 +218,9 @@ def row_col_axes(shape, normalized_ndim, *strides):
     dims more than one (a view that must be copied first). Dims are merged only where the merge
     is valid for every tensor; size-1 dims are dropped.
     """
-    def merge(dims):
-        axes = []  # each: [size, [stride per tensor]]
-        for d in dims:
-            if shape[d] == 1:
-                continue
-            if axes and all(axis_stride == t[d] * shape[d] for axis_stride, t in zip(axes[-1][1], strides)):
-                axes[-1][0] *= shape[d]
-                axes[-1][1] = [t[d] for t in strides]
-            else:
-                axes.append([shape[d], [t[d] for t in strides]])
-        return axes
-
     split = len(shape) - normalized_ndim
-    rows, cols = merge(range(split)), merge(range(split, len(shape)))
+    rows = merge_dims(shape, range(split), strides)
+    cols = merge_dims(shape, range(split, len(shape)), strides)
     if len(rows) > 2 or len(cols) > 1:
         return None
     while len(rows) < 2:
@@ -267,8 +232,8 @@ def row_col_axes(shape, normalized_ndim, *strides):
 
 def plan_blocks(M: int, N: int):
     """(BLOCK_M, BLOCK_N): a whole row per column block when it fits, rows stacked up to a tile."""
-    block_n = min(triton.next_power_of_2(max(N, 1)), MAX_BLOCK_N)
-    block_m = min(triton.next_power_of_2(max(M, 1)), max(1, TILE_ELEMENTS // block_n))
+    block_n = _block(N, 1, MAX_BLOCK_N)
+    block_m = _block(M, 1, TILE_ELEMENTS // block_n)
     return block_m, block_n
 
 
@@ -346,7 +311,7 @@ def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, 
     need_weight = need_weight and weight is not None
     need_bias = need_bias and bias is not None
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype) if need_input else None
-    # Contiguous, whatever the parameters' strides: the reduce kernel writes them flat.
+    # Contiguous, whatever the parameters' strides (as torch's are).
     dweight = torch.empty(weight.shape, device=x.device, dtype=weight.dtype) if need_weight else None
     dbias = torch.empty(bias.shape, device=x.device, dtype=bias.dtype) if need_bias else None
     if x.numel() == 0:
@@ -383,11 +348,9 @@ def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, 
         HAS_WEIGHT=weight is not None, COMPUTE_DX=need_input, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
         **_block_kwargs(blocks), ACC_DTYPE=acc,
     )
-    if need_weight or need_bias:
-        block_n = min(triton.next_power_of_2(N), 128)
-        launch(layer_norm_reduce_partials_kernel, (triton.cdiv(N, block_n),))(
-            part_dweight, part_dbias, dweight if need_weight else mean, dbias if need_bias else mean,
-            P, N, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
-            BLOCK_P=max(1, min(triton.next_power_of_2(P), 4096 // block_n)), BLOCK_N=block_n, ACC_DTYPE=acc,
-        )
+    # The [P, N] partials summed over the chunks in a fixed order.
+    if need_weight:
+        sum_partials(part_dweight, dweight)
+    if need_bias:
+        sum_partials(part_dbias, dbias)
     return dx, dweight, dbias

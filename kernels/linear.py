@@ -13,12 +13,13 @@ view), so no transpose is ever materialised:
   dgrad     dx = dz @ w             A = dz,    B = w
   wgrad     dw = dz^T @ x           A = dz^T,  B = x     sums over all M rows: split-K, with
                                                          partials summed in a fixed order by
-                                                         linear_reduce_splits_kernel; the same
-                                                         pass sums the rows of A = dz^T, which
-                                                         is db[n] = sum_m dz[m, n]
+                                                         kernels/reduction.py; the same pass
+                                                         sums the rows of A = dz^T, which is
+                                                         db[n] = sum_m dz[m, n]
 
-`linear_activation_backward_kernel` turns the upstream gradient dy into dz = dy * act'(z)
-before dgrad and wgrad.
+The epilogue's activation codes and helpers are the shared ones of kernels/activations.py, and
+`activation_backward` (the shared elementwise kernel of kernels/elementwise.py) turns the
+upstream gradient dy into dz = dy * act'(z) before dgrad and wgrad.
 """
 from __future__ import annotations
 
@@ -26,19 +27,14 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import (
-    accumulator_dtype,
-    accumulator_torch_dtype,
-    dot_accumulate,
-    dot_options,
-    launch,
-    parallel_programs,
-)
-from tritonprop.kernels.activations import gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, relu
+from tritonprop.kernels import elementwise
+from tritonprop.kernels._common import (_allow_tf32, _block, accumulator_dtype, accumulator_torch_dtype,
+                                        dot_accumulate, dot_options, launch, parallel_programs)
+from tritonprop.kernels.activations import ACTIVATIONS, SAVES_PREACTIVATION, apply_activation
+from tritonprop.kernels.reduction import sum_partials
 
-ACTIVATIONS = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
-# GELU's backward needs the pre-activation z; ReLU's needs only the sign, which y = relu(z) keeps.
-SAVES_PREACTIVATION = ("gelu", "gelu_tanh")
+# float32 dots follow torch's flag for float32 matmuls (cuBLAS), the one F.linear follows.
+TF32_FLAG = "matmul"
 
 # Largest tile (BLOCK_M, BLOCK_N, BLOCK_K), num_warps and num_stages per operand dtype; smaller
 # problems get the smallest power-of-two tile that covers them. 16-bit operands use the first
@@ -52,7 +48,6 @@ GEMM_TILES = {
     torch.float64: (64, 64, 32, 4, 2),
 }
 GROUP_M = 8
-ELEMENTWISE_BLOCK = (32, 128)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -111,13 +106,7 @@ def matmul_kernel(
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols.to(tl.int64) * stride_bias, mask=col_ok, other=0.0).to(ACC_DTYPE)[None, :]
-    out = acc
-    if ACTIVATION == 1:
-        out = relu(acc)
-    elif ACTIVATION == 2:
-        out = gelu(acc)
-    elif ACTIVATION == 3:
-        out = gelu_tanh(acc)
+    out = apply_activation(acc, ACTIVATION)
 
     c_offsets = split.to(tl.int64) * stride_cs + rows.to(tl.int64)[:, None] * stride_cm \
         + cols.to(tl.int64)[None, :] * stride_cn
@@ -133,62 +122,9 @@ def matmul_kernel(
                      row_sum.to(row_sums_ptr.dtype.element_ty), mask=row_ok)
 
 
-@triton.jit
-def linear_reduce_splits_kernel(part_ptr, out_ptr, num_splits, numel, BLOCK: tl.constexpr,
-                                ACC_DTYPE: tl.constexpr):
-    # out[i] = sum over splits of part[split, i], in split order, so the result is deterministic.
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offsets < numel
-    total = tl.zeros([BLOCK], dtype=ACC_DTYPE)
-    # A pointer walk, because split * numel can pass 2**31 in the workspace.
-    part = part_ptr + offsets
-    for _ in range(0, num_splits):
-        total += tl.load(part, mask=mask, other=0.0)
-        part += numel
-    tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def linear_activation_backward_kernel(
-    dy_ptr, saved_ptr, dz_ptr, M, N,
-    stride_dym, stride_dyn, stride_sm, stride_sn, stride_dzm, stride_dzn,
-    ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
-):
-    # dz = dy * act'(z), elementwise over (M, N) tiles; dy may have any strides (even 0, when
-    # it was expanded from a sum).
-    rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-    cols = (tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    mask = (rows < M)[:, None] & (cols < N)[None, :]
-    dy = tl.load(dy_ptr + rows[:, None] * stride_dym + cols[None, :] * stride_dyn, mask=mask, other=0.0)
-    saved = tl.load(saved_ptr + rows[:, None] * stride_sm + cols[None, :] * stride_sn, mask=mask, other=0.0)
-    dy = dy.to(ACC_DTYPE)
-    saved = saved.to(ACC_DTYPE)
-    if ACTIVATION == 1:
-        # `saved` is y = relu(z): y > 0 exactly where z > 0, and torch's gradient at 0 is 0. A
-        # select, not dy * mask, so that a non-finite dy where z <= 0 gives 0; and, as torch's
-        # threshold_backward tests y <= 0, dy passes where z is nan.
-        dz = tl.where(saved <= 0.0, 0.0, dy)
-    elif ACTIVATION == 2:
-        dz = dy * gelu_grad(saved)
-    else:
-        dz = dy * gelu_tanh_grad(saved)
-    tl.store(dz_ptr + rows[:, None] * stride_dzm + cols[None, :] * stride_dzn, dz.to(dz_ptr.dtype.element_ty),
-             mask=mask)
-
-
 # ----------------------------------------------------------------------------------------------
 # Launch functions
 # ----------------------------------------------------------------------------------------------
-
-
-def _block(n: int, lo: int, hi: int) -> int:
-    """A power of two covering n, clamped to [lo, hi] (tl.dot needs every tile side >= 16)."""
-    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
-
-
-def _allow_tf32() -> bool:
-    # torch's flag for float32 matmuls (cuBLAS), which is the one F.linear follows.
-    return torch.backends.cuda.matmul.allow_tf32
 
 
 def _tiles(dtype: torch.dtype, rows: int, cols: int, inner: int) -> dict:
@@ -222,7 +158,7 @@ def _matmul(a, b, c, *, k_per_split, bias=None, activation=None, z=None, row_sum
         bias.stride(0) if bias is not None else 0, row_sums.stride(0) if row_sums is not None else 0,
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[activation], STORE_PREACTIVATION=z is not None,
         ROW_SUMS=row_sums is not None, GROUP_M=GROUP_M, ACC_DTYPE=accumulator_dtype(a.dtype),
-        **dot_options(a.dtype, _allow_tf32()), **config,
+        **dot_options(a.dtype, _allow_tf32(TF32_FLAG)), **config,
     )
 
 
@@ -246,19 +182,11 @@ def forward(x, weight, bias=None, activation=None):
     return y, saved
 
 
-def activation_backward(dy, saved, activation):
-    """dz = dy * act'(z): the gradient of the pre-activation, from the gradient of the output."""
-    M, N = saved.shape
-    dz = torch.empty_like(saved, memory_format=torch.contiguous_format)
-    if dz.numel() == 0:
-        return dz
-    block_m, block_n = ELEMENTWISE_BLOCK
-    launch(linear_activation_backward_kernel, (triton.cdiv(M, block_m), triton.cdiv(N, block_n)))(
-        dy, saved, dz, M, N, *dy.stride(), *saved.stride(), *dz.stride(),
-        ACTIVATION=ACTIVATIONS[activation], BLOCK_M=block_m, BLOCK_N=block_n,
-        ACC_DTYPE=accumulator_dtype(saved.dtype), num_warps=4,
-    )
-    return dz
+# activation_backward(dy, saved, activation): dz = dy * act'(z), the gradient of the pre-activation
+# from the gradient of the output, with `saved` as `forward` returned it (a new contiguous tensor,
+# so dz is contiguous too); dy may have any strides, even 0 where it was expanded from a sum. The
+# one activation backward, shared with conv2d and the standalone activations.
+activation_backward = elementwise.backward
 
 
 def backward_input(dz, weight):
@@ -307,10 +235,7 @@ def backward_weight(dz, x, need_weight=True, need_bias=True, splits=None):
     part_dw = torch.empty((num_splits, N, b.shape[1]), device=dz.device, dtype=acc_dtype)
     part_db = torch.empty((num_splits, N), device=dz.device, dtype=acc_dtype) if need_bias else None
     _matmul(a, b, part_dw, k_per_split=k_per_split, row_sums=part_db)
-    block = 1024
     for part, out in ((part_dw, dw), (part_db, db)):
-        if out is not None and out.numel():
-            launch(linear_reduce_splits_kernel, (triton.cdiv(out.numel(), block),))(
-                part, out, num_splits, out.numel(), BLOCK=block, ACC_DTYPE=accumulator_dtype(dz.dtype),
-            )
+        if out is not None:
+            sum_partials(part, out)
     return dw, db

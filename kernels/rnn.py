@@ -54,10 +54,13 @@ import triton
 import triton.language as tl
 
 from tritonprop.kernels import linear
-from tritonprop.kernels._common import accumulator_dtype, accumulator_torch_dtype, dot_accumulate, dot_options, launch
+from tritonprop.kernels._common import (_allow_tf32, _next_pow2, accumulator_dtype, accumulator_torch_dtype,
+                                        dot_accumulate, dot_options, launch)
 from tritonprop.kernels.activations import relu, tanh
 
 NONLINEARITIES = {"tanh": 0, "relu": 1}
+# float32 dots follow cuDNN's TF32 flag, as torch's own RNN does.
+TF32_FLAG = "cudnn"
 # tl.dot needs every tile side >= 16, so a program owns at least 16 batch rows (masked beyond B).
 BLOCK_B = 16
 # Largest hidden size (padded to a power of two) whose W_hh^T tile a program holds in registers
@@ -87,8 +90,8 @@ def _activate(z, RELU: tl.constexpr):
 def _backprop_activation(grad, h, RELU: tl.constexpr):
     """grad * act'(z), written with the output h = act(z): tanh' = 1 - h^2; relu' = [h > 0].
 
-    ReLU is a select, not grad * relu_grad(h): a non-finite grad where z <= 0 then gives 0, as
-    torch's threshold_backward does; and grad * relu_grad(h) failed to compile for fp64 on sm_90.
+    ReLU is a select, not the product grad * [h > 0]: a non-finite grad where z <= 0 then gives 0,
+    as torch's threshold_backward does; and that product failed to compile for fp64 on sm_90.
     """
     if RELU:
         return tl.where(h > 0.0, grad, 0.0)
@@ -379,17 +382,12 @@ def rnn_backward_recurrence_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def _allow_tf32() -> bool:
-    # torch's cuDNN flag, which torch's own RNN follows.
-    return torch.backends.cudnn.allow_tf32
-
-
 def plan_recurrence(dtype: torch.dtype, H: int) -> dict:
     """Constexprs of the recurrence kernels: resident when W_hh^T fits one register tile.
 
     Not autotuned: each variant would multiply compile time on a fresh GPU machine.
     """
-    padded = max(16, triton.next_power_of_2(max(H, 1)))
+    padded = max(16, _next_pow2(H))
     resident = padded <= RESIDENT_MAX_H[dtype]
     if resident:
         block_n = block_k = padded
@@ -437,7 +435,7 @@ def cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
         b_ih.stride(0) if has_bias else 0, b_hh.stride(0) if has_bias else 0, *out.stride(),
         HAS_BIAS=has_bias, RELU=NONLINEARITIES[nonlinearity],
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_K=block_k, ACC_DTYPE=accumulator_dtype(x.dtype),
-        **dot_options(x.dtype, _allow_tf32()), num_warps=4,
+        **dot_options(x.dtype, _allow_tf32(TF32_FLAG)), num_warps=4,
     )
     return out
 
@@ -487,6 +485,11 @@ def forward(x, h0, weights, nonlinearity, lengths=None):
     hidden = torch.empty((T + D, B, D * H), device=x.device, dtype=x.dtype)
     h_n = torch.empty((D, B, H), device=x.device, dtype=x.dtype)
     output = hidden[1:T + 1]
+    if D == 2:
+        # Row 0 of the reverse columns and row T + 1 of the forward ones belong to no direction:
+        # zeros, so that the whole buffer (an output of the rnn_layer op) is defined.
+        hidden[0, :, H:].zero_()
+        hidden[T + 1, :, :H].zero_()
     if B == 0 or H == 0:
         return output, h_n, hidden
     x2d = _flat_steps(x)
@@ -501,7 +504,7 @@ def forward(x, h0, weights, nonlinearity, lengths=None):
             T, B, H, *xproj.stride(), *w_hh.stride(), *h0[d].stride(), *column.stride(), *h_n[d].stride(),
             *state.stride(),
             REVERSE=d == 1, RELU=NONLINEARITIES[nonlinearity], HAS_LENGTHS=lengths is not None,
-            ACC_DTYPE=accumulator_dtype(x.dtype), **dot_options(x.dtype, _allow_tf32()), **plan,
+            ACC_DTYPE=accumulator_dtype(x.dtype), **dot_options(x.dtype, _allow_tf32(TF32_FLAG)), **plan,
         )
     return output, h_n, hidden
 
@@ -536,7 +539,7 @@ def backward(d_output, dh_n, x, hidden, weights, nonlinearity, lengths=None, nee
                 T, B, H, *dy.stride(), *dh_n[d].stride(), *column.stride(), *w_hh.stride(), *dz_d.stride(),
                 *dh0[d].stride(), *grad.stride(),
                 REVERSE=d == 1, RELU=NONLINEARITIES[nonlinearity], HAS_LENGTHS=lengths is not None,
-                ACC_DTYPE=accumulator_dtype(x.dtype), **dot_options(x.dtype, _allow_tf32()), **plan,
+                ACC_DTYPE=accumulator_dtype(x.dtype), **dot_options(x.dtype, _allow_tf32(TF32_FLAG)), **plan,
             )
 
     dz2d = dz.view(T * B, D * H)

@@ -6,6 +6,12 @@ kernel to PTX and a cubin, with Triton's bundled ptxas, catches those on a CPU-o
 
 Run as a script in a process of its own: TRITON_INTERPRET must be 0 before the kernels are
 decorated. tests/test_cuda_compile.py does that.
+
+    python tests/compile_for_cuda.py                      # every group, every variant
+    python tests/compile_for_cuda.py --quick rnn_kernels  # one group (the quick subset, where it has one)
+
+The groups are the `*_kernels` functions below that the op registry (tritonprop/registry.py)
+names as its ops' compile variants; tests/test_registry.py checks that every one is named.
 """
 from __future__ import annotations
 
@@ -52,6 +58,23 @@ def compile_kernel(kernel, pointer_dtype, constexprs, num_warps=4):
     return compiled
 
 
+def sum_partials_variants(acc, out_dtype, copy_dtype=None):
+    """The shared fixed-order sum of split partials (kernels/reduction.py) at the blocks its
+    launcher picks: many partials of a wide column block, and many more of a narrow one; with a
+    second output (`copy`) where the caller passes one. (Not a `*_kernels` group of its own: the
+    ops that use it compile it with their own dtypes.)"""
+    from tritonprop.kernels import reduction as K
+
+    acc_name = "fp64" if acc == tl.float64 else "fp32"
+
+    def pointer(name):
+        return {"part_ptr": acc_name, "out_ptr": out_dtype, "copy_ptr": copy_dtype or out_dtype}[name]
+
+    for blocks in (dict(BLOCK_P=32, BLOCK_N=128), dict(BLOCK_P=256, BLOCK_N=16)):
+        for has_copy in (True, False) if copy_dtype else (False,):
+            yield K.sum_partials_kernel, pointer, dict(blocks, HAS_COPY=has_copy, ACC_DTYPE=acc)
+
+
 def batch_norm_kernels():
     from tritonprop.kernels import batchnorm as K
 
@@ -73,8 +96,9 @@ def batch_norm_kernels():
             yield K.batch_norm_backward_input_kernel, pointer, dict(tiles, TRAINING=True, **flags)
         merge = dict(BLOCK_P=32, BLOCK_C=128, ACC_DTYPE=acc)
         yield K.batch_norm_merge_stats_kernel, pointer, dict(merge, UPDATE_RUNNING=True)
-        yield K.batch_norm_backward_merge_kernel, pointer, dict(merge, WRITE_DWEIGHT=True, WRITE_DBIAS=True)
         yield K.batch_norm_eval_stats_kernel, pointer, dict(BLOCK_C=128, ACC_DTYPE=acc)
+        # sum(dy) and sum(dy * xhat) in the accumulator dtype, copied to dbias and dweight.
+        yield from sum_partials_variants(acc, acc_name, copy_dtype=pointer("dbias_ptr"))
 
 
 def conv2d_kernels():
@@ -102,9 +126,8 @@ def conv2d_kernels():
         yield K.conv2d_depthwise_backward_input_kernel, pointer, dict(BLOCK_M=64, BLOCK_C=32, ACC_DTYPE=acc)
         yield K.conv2d_depthwise_backward_weight_kernel, pointer, dict(COMPUTE_BIAS=True, BLOCK_M=64, BLOCK_C=32,
                                                                       ACC_DTYPE=acc)
-        yield K.conv2d_reduce_partials_kernel, pointer, dict(BLOCK=1024, ACC_DTYPE=acc)
-        for activation in (1, 2):
-            yield K.conv2d_activation_backward_kernel, pointer, dict(ACTIVATION=activation, BLOCK=1024, ACC_DTYPE=acc)
+        # dw and db, written through their strides (dw is channels_last beside a channels_last weight).
+        yield from sum_partials_variants(acc, dtype)
 
 
 def elementwise_kernels():
@@ -114,7 +137,9 @@ def elementwise_kernels():
         def pointer(name):
             return dtype
 
-        for activation in K.ACTIVATIONS.values():
+        # Every activation (code 0, the identity, is never launched); the backward kernel is also
+        # conv2d's and linear's activation backward.
+        for activation in (code for name, code in K.ACTIVATIONS.items() if name is not None):
             for flat in (True, False):
                 options = dict(ACTIVATION=activation, FLAT=flat, BLOCK=K.BLOCK, ACC_DTYPE=acc)
                 yield K.activation_forward_kernel, pointer, options
@@ -156,8 +181,8 @@ def layer_norm_kernels():
                 yield K.layer_norm_backward_kernel, pointer, dict(
                     blocks, HAS_WEIGHT=has_weight, COMPUTE_DX=compute_dx, COMPUTE_DWEIGHT=has_weight,
                     COMPUTE_DBIAS=has_weight, ACC_DTYPE=acc)
-        yield K.layer_norm_reduce_partials_kernel, pointer, dict(COMPUTE_DWEIGHT=True, COMPUTE_DBIAS=True,
-                                                                 BLOCK_P=32, BLOCK_N=128, ACC_DTYPE=acc)
+        # dweight and dbias from the [chunks, N] partials.
+        yield from sum_partials_variants(acc, pointer("dweight_ptr"))
 
 
 def cross_entropy_kernels():
@@ -228,10 +253,8 @@ def linear_kernels():
             yield K.matmul_kernel, pointer, dict(no_epilogue, ROW_SUMS=False)
             yield K.matmul_kernel, pointer, dict(no_epilogue, ROW_SUMS=True)
             yield K.matmul_kernel, split_k_workspace, dict(no_epilogue, ROW_SUMS=True)
-        yield K.linear_reduce_splits_kernel, pointer, dict(BLOCK=1024, ACC_DTYPE=acc)
-        for activation in (1, 2, 3):
-            yield K.linear_activation_backward_kernel, pointer, dict(ACTIVATION=activation, BLOCK_M=32, BLOCK_N=128,
-                                                                     ACC_DTYPE=acc)
+        # dw and db of a split-K wgrad, from the fp32 (fp64) workspace.
+        yield from sum_partials_variants(acc, dtype)
 
 
 def rnn_kernels():
@@ -319,25 +342,30 @@ def attention_kernels(full=True):
             BLOCK_M=K.PREPROCESS_BLOCK_M, BLOCK_DV=64, ACC_DTYPE=acc), 4
 
 
-KERNEL_SETS = {
-    "linear": linear_kernels,
-    "cross_entropy": cross_entropy_kernels,
-    "layer_norm": layer_norm_kernels,
-    "batch_norm": batch_norm_kernels,
-    "conv2d": conv2d_kernels,
-    "elementwise": elementwise_kernels,
-    "dropout": dropout_kernels,
-    "rnn": rnn_kernels,
-    "attention": lambda: attention_kernels(full=False),
-    "attention-full": attention_kernels,
-}
+def kernel_groups() -> dict:
+    """name -> function: every compile-variant function the op registry names, in its order."""
+    from tritonprop import registry
+
+    return {name: globals()[name] for name in registry.groups("compile_variants")}
 
 
-def main(names):
-    for name in names:
+def main(argv):
+    """`compile_for_cuda.py [--quick] [GROUP ...]`: compile each group (every group when none is
+    named); --quick compiles the subset of a group whose function takes `full` (attention)."""
+    quick = "--quick" in argv
+    names = [arg for arg in argv if arg != "--quick"]
+    groups = kernel_groups()
+    unknown = [name for name in names if name not in groups]
+    if unknown:
+        print(f"unknown kernel group {', '.join(unknown)}; the op registry names {', '.join(groups)}",
+              file=sys.stderr)
+        return 2
+    for name in names or groups:
+        function = groups[name]
+        variants = function(full=False) if quick and "full" in inspect.signature(function).parameters else function()
         count = 0
         # A variant may name its num_warps as a fourth item, where the launch uses more than 4.
-        for kernel, pointer, constexprs, *num_warps in KERNEL_SETS[name]():
+        for kernel, pointer, constexprs, *num_warps in variants:
             compile_kernel(kernel, pointer, constexprs, *num_warps)
             count += 1
         print(f"{name}: {count} kernel variants compiled for sm_90")
@@ -345,4 +373,4 @@ def main(names):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:] or list(KERNEL_SETS)))
+    sys.exit(main(sys.argv[1:]))

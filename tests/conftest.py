@@ -1,4 +1,4 @@
-"""Shared fixtures: the device parameter, the per-dtype tolerance table, a seed, the slow marker.
+"""Shared fixtures: the device parameter, the per-dtype tolerance table, a seed, strict float32, the slow marker.
 
 `slow` tests are excluded by the default addopts in pyproject.toml (`-m 'not slow'`); run them
 with `pytest -m slow`.
@@ -51,3 +51,20 @@ def seed():
     np.random.seed(0)
     torch.manual_seed(0)
     return 0
+
+
+@pytest.fixture
+def strict_float32():
+    """float32 matmuls and convolutions in full precision, for the test; the flags are restored after.
+
+    fp32 parity is checked with fp32 tolerances, and TF32 (torch's default for cuDNN convolutions
+    and an option for cuBLAS matmuls) would need its own. Both flags are cleared, because the
+    kernels follow whichever one torch's own op follows (conv and RNN: cuDNN; linear and
+    attention: matmul). A test module opts in with
+    ``pytestmark = pytest.mark.usefixtures("strict_float32")``.
+    """
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -18,13 +18,8 @@ from tritonprop.ops.reference import attention as reference
 from tritonprop.ops.reference import attention_numpy
 
 
-@pytest.fixture(autouse=True)
-def strict_float32():
-    """fp32 parity is checked in full precision; TF32 would need its own tolerance."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = saved
+# fp32 parity is checked in full precision (tests/conftest.py: strict_float32).
+pytestmark = pytest.mark.usefixtures("strict_float32")
 
 
 @dataclass(frozen=True)
@@ -440,7 +435,7 @@ def test_float32_dot_precision_follows_the_matmul_tf32_flag(monkeypatch):
     monkeypatch.setattr(backend, "interpreting", lambda: False)
     for flag, expected in ((True, "tf32"), (False, "ieee")):
         torch.backends.cuda.matmul.allow_tf32 = flag
-        assert _common.dot_options(torch.float32, K._allow_tf32())["INPUT_PRECISION"] == expected
+        assert _common.dot_options(torch.float32, K._allow_tf32(K.TF32_FLAG))["INPUT_PRECISION"] == expected
 
 
 # ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import triton.language as tl
 
 import tritonprop
 from helpers import assert_close
-from tritonprop import backend, ops
+from tritonprop import backend, ops, registry
 from tritonprop.kernels import _common
 from tritonprop.kernels import batchnorm as K
 
@@ -39,7 +40,7 @@ def test_every_op_works_when_triton_was_imported_first(first):
     # torchvision and transformers import torch._dynamo, which imports triton.language and so
     # decorates Triton's own library functions (tl.zeros, tl.sum, tl.rand, ...) before tritonprop
     # can turn the interpreter on. The self-check runs every op, forward and backward, vs torch;
-    # dropout (left out of it, being random) must still drop.
+    # dropout, unseeded, must also still drop.
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: the kernels compile, the interpreter is not involved")
     code = (f"import {first}\n"
@@ -116,7 +117,10 @@ def test_cli_info_reports_versions_and_op_modes():
     assert f"tritonprop {tritonprop.__version__}" in result.stdout
     assert f"torch            {torch.__version__}" in result.stdout
     mode = "interpreted" if backend.interpreting() else "compiled"
-    assert f"batch_norm       {mode}" in result.stdout
+    # Every op of the registry, a line each, with its mode in one column whatever the op's name.
+    rows = result.stdout.split("ops:\n", 1)[1].splitlines()
+    assert [row.split()[0] for row in rows] == list(registry.OPS)
+    assert {row.index(mode) for row in rows} == {rows[0].index(mode)}
 
 
 def test_cli_selfcheck_passes():
@@ -124,8 +128,8 @@ def test_cli_selfcheck_passes():
     assert result.returncode == 0, result.stdout + result.stderr
     from tritonprop import selfcheck
 
-    for op in selfcheck.CASES:
-        assert f"{op:<14} forward+backward vs torch" in result.stdout
+    for label in selfcheck.CASES:  # one line per case, labelled by the registry ops it checks
+        assert re.search(rf"^{re.escape(label)} +forward\+backward vs torch on \w+: ok \(", result.stdout, re.M)
     assert result.stdout.count(": ok (") == len(selfcheck.CASES)
 
 

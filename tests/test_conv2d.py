@@ -14,13 +14,8 @@ from tritonprop.kernels import conv2d as K
 from tritonprop.ops.reference import conv2d as reference
 
 
-@pytest.fixture(autouse=True)
-def strict_float32():
-    """fp32 parity is checked in full precision; TF32 (torch's cuDNN default) would need its own tolerance."""
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = saved
+# fp32 parity is checked in full precision (tests/conftest.py: strict_float32).
+pytestmark = pytest.mark.usefixtures("strict_float32")
 
 
 @dataclass(frozen=True)
@@ -508,7 +503,7 @@ def test_float32_dot_precision_follows_the_cudnn_tf32_flag(monkeypatch):
     monkeypatch.setattr(backend, "interpreting", lambda: False)
     for flag, expected in ((True, "tf32"), (False, "ieee")):
         torch.backends.cudnn.allow_tf32 = flag
-        assert _common.dot_options(torch.float32, K._allow_tf32())["INPUT_PRECISION"] == expected
+        assert _common.dot_options(torch.float32, K._allow_tf32(K.TF32_FLAG))["INPUT_PRECISION"] == expected
     assert _common.dot_options(torch.bfloat16, True) == dict(INPUT_PRECISION="ieee", UPCAST_OPERANDS=False)
 
 

@@ -1,4 +1,7 @@
-"""Every kernel compiles for sm_90 (Hopper) on this machine, GPU or not (see compile_for_cuda.py)."""
+"""Every kernel compiles for sm_90 (Hopper) on this machine, GPU or not (see compile_for_cuda.py).
+
+The kernel groups are the compile variants of the op registry (tritonprop/registry.py).
+"""
 from __future__ import annotations
 
 import os
@@ -9,17 +12,30 @@ from pathlib import Path
 import pytest
 import torch
 
+from tritonprop import registry
+
 SCRIPT = Path(__file__).with_name("compile_for_cuda.py")
+GROUPS = list(registry.groups("compile_variants"))
+
+
+def _compile(*args):
+    env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    return result.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the CUDA tests compile and run every kernel")
-@pytest.mark.parametrize("kernel_set", [
-    "batch_norm", "conv2d", "elementwise", "dropout", "layer_norm", "cross_entropy", "linear", "rnn", "attention",
-    # Every attention variant: minutes on a cold cache, so the default run compiles a subset.
-    pytest.param("attention-full", marks=pytest.mark.slow),
-])
-def test_kernels_compile_for_hopper(kernel_set):
-    env = dict(os.environ, TRITON_INTERPRET="0", CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run([sys.executable, str(SCRIPT), kernel_set], env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
-    assert f"{kernel_set}: " in result.stdout and "compiled for sm_90" in result.stdout
+@pytest.mark.parametrize("group", GROUPS)
+def test_kernels_compile_for_hopper(group):
+    # The quick subset where a group has one (attention: every variant takes minutes on a cold cache).
+    out = _compile("--quick", group)
+    assert f"{group}: " in out and "compiled for sm_90" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the CUDA tests compile and run every kernel")
+def test_every_kernel_variant_compiles_for_hopper():
+    out = _compile()
+    for group in GROUPS:
+        assert f"{group}: " in out and "compiled for sm_90" in out

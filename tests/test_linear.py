@@ -24,13 +24,8 @@ TORCH_ACTIVATIONS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def strict_float32():
-    """fp32 parity is checked in full precision; TF32 (a cuBLAS option) would need its own tolerance."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = saved
+# fp32 parity is checked in full precision (tests/conftest.py: strict_float32).
+pytestmark = pytest.mark.usefixtures("strict_float32")
 
 
 def torch_linear(input, weight, bias=None, *, activation=None):
@@ -330,15 +325,17 @@ def test_weight_gradient_split_k_is_exact_and_deterministic(device, splits):
 
 
 def test_split_k_writes_partials_when_the_rows_are_split(device, monkeypatch):
+    from tritonprop.kernels import reduction
+
     launches = []
-    reduce_kernel = K.linear_reduce_splits_kernel
+    reduce_kernel = reduction.sum_partials_kernel
 
     class Spy:
         def __getitem__(self, grid):
             launches.append(grid)
             return reduce_kernel[grid]
 
-    monkeypatch.setattr(K, "linear_reduce_splits_kernel", Spy())
+    monkeypatch.setattr(reduction, "sum_partials_kernel", Spy())
     x, dz = torch.randn(70, 5, device=device), torch.randn(70, 3, device=device)
     dw, db = K.backward_weight(dz, x, splits=3)
     assert len(launches) == 2, "dw and db are each reduced over the splits"
@@ -452,7 +449,7 @@ def test_float32_dot_precision_follows_the_cuda_matmul_tf32_flag(monkeypatch):
         # test utilities (imported for the OpInfo samples) have frozen direct assignment.
         with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
                          allow_tf32=not flag):
-            assert _common.dot_options(torch.float32, K._allow_tf32())["INPUT_PRECISION"] == expected
+            assert _common.dot_options(torch.float32, K._allow_tf32(K.TF32_FLAG))["INPUT_PRECISION"] == expected
 
 
 # ------------------------------------------------------------------------------------------------

@@ -13,12 +13,8 @@ from tritonprop.ops.attention import MultiheadAttention
 E, H = 16, 4
 
 
-@pytest.fixture(autouse=True)
-def strict_float32():
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = saved
+# fp32 parity is checked in full precision (tests/conftest.py: strict_float32).
+pytestmark = pytest.mark.usefixtures("strict_float32")
 
 
 def pair(device, **kwargs):

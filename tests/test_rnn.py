@@ -17,13 +17,8 @@ from tritonprop.ops.reference import rnn_numpy
 from tritonprop.ops.rnn import RNN, RNNCell, rnn, rnn_cell
 
 
-@pytest.fixture(autouse=True)
-def strict_float32():
-    """fp32 parity is checked in full precision; TF32 (torch's cuDNN default) would need its own tolerance."""
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = saved
+# fp32 parity is checked in full precision (tests/conftest.py: strict_float32).
+pytestmark = pytest.mark.usefixtures("strict_float32")
 
 
 @dataclass(frozen=True)

@@ -11,24 +11,10 @@ import sys
 
 import torch
 
+from tritonprop import registry
+
 BACKEND_ENV = "TRITONPROP_BACKEND"
 BACKENDS = ("triton", "reference")
-
-# Every op with a Triton kernel, and the kernels module that holds it. `tritonprop info`
-# reports each one; later ops add themselves here.
-KERNEL_MODULES = {
-    "batch_norm": "tritonprop.kernels.batchnorm",
-    "conv2d": "tritonprop.kernels.conv2d",
-    "cross_entropy": "tritonprop.kernels.cross_entropy",
-    "dropout": "tritonprop.kernels.dropout",
-    "gelu": "tritonprop.kernels.elementwise",
-    "layer_norm": "tritonprop.kernels.layernorm",
-    "linear": "tritonprop.kernels.linear",
-    "relu": "tritonprop.kernels.elementwise",
-    "rnn": "tritonprop.kernels.rnn",
-    "rnn_cell": "tritonprop.kernels.rnn",
-    "scaled_dot_product_attention": "tritonprop.kernels.attention",
-}
 
 
 def configure() -> None:
@@ -143,5 +129,6 @@ def describe() -> dict:
         mode = "interpreted (Triton interpreter, CPU or CUDA tensors)"
     else:
         mode = "compiled (CUDA tensors only)"
-    info["ops"] = {op: mode for op in KERNEL_MODULES}
+    # Every op of the registry (tritonprop/registry.py), in its order.
+    info["ops"] = {op: mode for op in registry.OPS}
     return info

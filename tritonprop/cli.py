@@ -1,5 +1,7 @@
 """The `tritonprop` command: `info`, `selfcheck`, `bench`, `train` and `predict`.
 
+`tritonprop info` and `tritonprop selfcheck` cover every op of the op registry
+(tritonprop/registry.py); `tritonprop bench` runs its benchmark case groups (bench/report.py).
 `tritonprop train <task>` and `tritonprop predict <task>` are generated from the task registry
 (models/registry.py): every registered task gets the training loop's options (models/train.py)
 plus its own. A task whose module does not import is listed as unavailable, with the reason.
@@ -25,15 +27,28 @@ def _info(args) -> int:
     for key in ("python", "torch", "triton", "numpy", "device", "cuda_available", "triton_interpret", "backend"):
         print(f"  {key:<17}{info[key]}")
     print("ops:")
+    width = max(17, *(len(op) + 1 for op in info["ops"]))
     for op, mode in info["ops"].items():
-        print(f"  {op:<17}{mode}")
+        print(f"  {op:<{width}}{mode}")
     return 0
 
 
 def _selfcheck(args) -> int:
     from tritonprop import selfcheck
 
-    return 0 if selfcheck.run(args.device) else 1
+    return 0 if selfcheck.run(args.device, op_names=args.ops) else 1
+
+
+def _op_names(text: str) -> list[str]:
+    """--ops: comma-separated op names of the registry (tritonprop/registry.py)."""
+    from tritonprop import registry
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in registry.OPS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown op {', '.join(unknown) or '(none given)'}; "
+                                         f"choose from {', '.join(registry.OPS)}")
+    return names
 
 
 def _bench(args) -> int:
@@ -172,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("selfcheck", help="run each op forward and backward against torch on small inputs")
     check.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    check.add_argument("--ops", type=_op_names, default=None, metavar="OP[,OP...]",
+                       help="check only these ops (default: every op; `tritonprop info` lists them)")
     check.set_defaults(run=_selfcheck)
 
     # Every option after `bench` (--help included) belongs to bench/report.py's own parser.
