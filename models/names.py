@@ -1,10 +1,12 @@
 """The name classifier: an RNN reads a surname one character at a time and names its language (many:1).
 
-    embedding (torch)  ->  layers.RNN over a PackedSequence  ->  layers.Linear on the last hidden state
+    embedding (torch)  ->  layers.RNN over the padded batch  ->  layers.Linear on each name's last state
 
-Names have different lengths, so a batch is padded and packed (`pack_padded_sequence`): the RNN
-stops at each name's own end, and `h_n` is the state after the name's last character, not after
-the padding. The loss is `layers.CrossEntropyLoss`.
+Names have different lengths, so a batch is padded at the end. The RNN reads left to right, so
+its output at a name's last character is the state after that name alone, whatever padding
+follows; the head reads it there (a gather by length). That is the `h_n` that packing the batch
+(`pack_padded_sequence`) would give, and unlike packing it compiles: torch.compile does not trace
+torch.nn.utils.rnn's packing functions. The loss is `layers.CrossEntropyLoss`.
 
     tritonprop train names                      # Faker's surnames, 19 languages
     tritonprop train names --data DIR           # DIR/<Language>.txt, one name per line
@@ -19,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from tritonprop.models import data_names
 from tritonprop.models.task import Task
@@ -40,9 +41,10 @@ class NameClassifier(torch.nn.Module):
 
     def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Logits [B, classes] of padded character indices [B, T] with their lengths [B]."""
-        packed = pack_padded_sequence(self.embedding(chars), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h_n = self.rnn(packed)
-        return self.head(h_n[-1])
+        output, _ = self.rnn(self.embedding(chars))
+        # The top layer's state after each name's last character: output[b, lengths[b] - 1].
+        last = (lengths.to(chars.device) - 1).reshape(-1, 1, 1).expand(-1, 1, output.shape[-1])
+        return self.head(output.gather(1, last).squeeze(1))
 
     def get_extra_state(self):
         return {"languages": self.languages, "alphabet": self.alphabet}

@@ -45,7 +45,8 @@ METRICS = "metrics.json"
 # metrics.json's final_loss averages the training losses of the last steps, which are noisy one by one.
 FINAL_LOSS_WINDOW = 20
 # Options that say how to run, not what to train: they may change between a run and its --resume.
-RUN_OPTIONS = {"steps", "epochs", "out", "resume", "inspect", "device", "amp", "clip_grad", "lr"}
+RUN_OPTIONS = {"steps", "epochs", "out", "resume", "inspect", "device", "amp", "clip_grad", "lr", "compile"}
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 class TrainingError(RuntimeError):
@@ -86,6 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser, task: Task) -> None:
                         help="bf16 autocast for the forward pass and the loss: on CUDA the mixed-precision "
                              "training it is for; on the CPU it runs too (CPU autocast, interpreted bf16 kernels), "
                              "which is how it is tested, but it is slower there, not faster")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, choices=COMPILE_BACKENDS,
+                        metavar="BACKEND",
+                        help="run the model under torch.compile(fullgraph=True) with BACKEND (default inductor; "
+                             f"one of {', '.join(COMPILE_BACKENDS)}); the layers are single graph nodes, so a "
+                             "graph break is an error")
     parser.add_argument("--clip-grad", type=positive_float, default=None, metavar="MAX_NORM",
                         help="clip the global L2 norm of the gradients to MAX_NORM before each step")
     parser.add_argument("--data", default=None,
@@ -344,6 +350,9 @@ def _run(task: Task, args, layers, distributed: Distributed, device: torch.devic
     if distributed.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        # DDP splits a compiled graph at its gradient buckets, so fullgraph is asked for alone.
+        train_model = torch.compile(train_model, backend=args.compile, fullgraph=not distributed.enabled)
     inspector = None
     if args.inspect and distributed.is_main and start < steps:
         from tritonprop.models.inspection import Inspector

@@ -6,6 +6,8 @@ import operator
 
 import torch
 
+from tritonprop.ops._library import in_functorch_transform
+
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -74,7 +76,9 @@ def refuse_double_backward(op: str) -> None:
     (``create_graph=True``). Returning a gradient that silently does not depend on the inputs
     would drop a gradient penalty from the loss, so refuse instead, naming the op.
     """
-    if torch.is_grad_enabled():
+    # Inside a torch.func transform grad mode is always on in backward; there the backward op's
+    # own registered gradient raises instead, if and when it is differentiated.
+    if torch.is_grad_enabled() and not in_functorch_transform():
         raise RuntimeError(
             f"{op}: double backward is not supported: the gradient of {op} cannot itself be differentiated "
             "(create_graph=True), as with FlashAttention. Use TRITONPROP_BACKEND=reference for a "

@@ -1,4 +1,4 @@
-"""ReLU and GELU: the autograd.Function, `relu` and `gelu` with F.relu's and F.gelu's signatures,
+"""ReLU and GELU: the custom ops with their autograd, `relu` and `gelu` with F.relu's and F.gelu's signatures,
 and the modules `ReLU` and `GELU` (subclasses of torch's).
 
 Neither op is on an autocast cast list, so both run in their input's dtype inside an autocast
@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import Tensor
 
 from tritonprop import backend
 from tritonprop.kernels import elementwise as K
 from tritonprop.ops import _checks
+from tritonprop.ops._library import call, differentiable, kernel_op, not_differentiable
 from tritonprop.ops.reference import activations as reference
 
 GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}
@@ -53,32 +55,58 @@ def activation_grad(dy: torch.Tensor, z: torch.Tensor, activation: str) -> torch
     return (dy.to(compute) * slope).to(dy.dtype)
 
 
-class ActivationFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, activation, inplace):
-        output = K.forward(input, activation, out=input if inplace else None)
-        if inplace:
-            ctx.mark_dirty(input)
-        # ReLU's backward needs only where the output is positive, so it keeps y (as torch does;
-        # an in-place ReLU has overwritten x anyway); the GELUs need x.
-        ctx.save_for_backward(output if activation == "relu" else input)
-        ctx.activation = activation
-        return output
+@kernel_op("activation")
+def activation_op(input: Tensor, activation: str) -> Tensor:
+    """act(input) for 'relu', 'gelu' or 'gelu_tanh', in a new tensor laid out like input."""
+    return K.forward(input, activation)
 
-    @staticmethod
-    def backward(ctx, dy):
-        saved, = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True: the same product in differentiable torch ops. The GELUs' saved x
-            # carries the graph; ReLU's saved y has the mask of x, which has no derivative.
-            return activation_grad(dy, saved, ctx.activation), None, None
-        return K.backward(dy, saved, ctx.activation), None, None
+
+@kernel_op("activation_backward")
+def activation_backward_op(dy: Tensor, saved: Tensor, activation: str) -> Tensor:
+    """dy * act'(.), from the forward's output for 'relu' and its input for the GELUs."""
+    return K.backward(dy, saved, activation)
+
+
+def _setup_context(ctx, inputs, output):
+    input, activation = inputs
+    # ReLU's backward needs only where the output is positive, so it keeps y (as torch does);
+    # the GELUs need x.
+    ctx.save_for_backward(output if activation == "relu" else input)
+    ctx.activation = activation
+
+
+def _backward(ctx, dy):
+    saved, = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # A graph of the gradient is asked for: the same product in differentiable torch ops. The
+        # GELUs' saved x carries the graph; ReLU's saved y has the mask of x, which has no derivative.
+        return activation_grad(dy, saved, ctx.activation), None
+    return call(activation_backward_op, dy, saved, ctx.activation), None
+
+
+differentiable(activation_op, setup_context=_setup_context, backward=_backward)
+not_differentiable(activation_backward_op, explanation="the kernel's gradient is not differentiable; a graph of "
+                   "an activation's gradient is built from differentiable ops instead")
+
+
+def apply_activation(input: Tensor, activation: str, inplace: bool) -> Tensor:
+    """act(input), or, with ``inplace``, input overwritten by it and returned (as torch's in-place ops).
+
+    The op is functional (torch.library cannot register autograd for an op that writes its
+    input), so the in-place form computes out of place and copies: autograd records the copy, and
+    torch.compile may fuse it back into an in-place write.
+    """
+    output = call(activation_op, input, activation)
+    if not inplace:
+        return output
+    return input.copy_(output)
 
 
 def check_in_place_target(op: str, input: torch.Tensor) -> None:
-    """torch's checks before writing into `input`, made before the kernel runs so that, as in
-    torch, a refused call leaves `input` untouched (autograd alone would object only afterwards)."""
-    if torch.is_grad_enabled() and input.requires_grad:
+    """torch's checks before writing into `input`, made before the kernel runs, with messages that
+    name the op. The final ``copy_`` would refuse the same inputs; a compiled graph leaves the
+    autograd checks to it (dynamo cannot trace ``_is_view``)."""
+    if torch.is_grad_enabled() and input.requires_grad and not torch.compiler.is_compiling():
         if input.is_leaf:
             raise RuntimeError(f"{op}: a leaf Variable that requires grad is being used in an in-place operation.")
         if input._is_view() and input._base.is_leaf:
@@ -112,10 +140,7 @@ def relu(input, inplace=False):
     backend.check_devices("relu", input=input)
     if inplace:
         check_in_place_target("relu", input)
-    output = ActivationFn.apply(input, "relu", bool(inplace))
-    # In place, torch returns input itself. So does apply while autograd records; under no_grad
-    # it hands back an alias of an input that requires grad.
-    return input if inplace else output
+    return apply_activation(input, "relu", bool(inplace))
 
 
 def gelu(input, approximate="none"):
@@ -129,7 +154,7 @@ def gelu(input, approximate="none"):
     if backend.use_reference():
         return reference.gelu(input, approximate)
     backend.check_devices("gelu", input=input)
-    return ActivationFn.apply(input, GELU_APPROXIMATIONS[approximate], False)
+    return apply_activation(input, GELU_APPROXIMATIONS[approximate], False)
 
 
 class ReLU(torch.nn.ReLU):

@@ -1,4 +1,4 @@
-"""Fused attention: the autograd.Function, `scaled_dot_product_attention` with F.scaled_dot_product_attention's
+"""Fused attention: the custom ops with their autograd, `scaled_dot_product_attention` with F.sdpa's
 signature, and `MultiheadAttention` (a subclass of torch's).
 
 What follows torch, and where it stops:
@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from tritonprop import backend
 from tritonprop.kernels import attention as K
 from tritonprop.ops import _checks
+from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable
 from tritonprop.ops._autocast import cast_to_lower_precision
 from tritonprop.ops.dropout import dropout
 from tritonprop.ops.linear import linear
@@ -41,31 +44,51 @@ OP = "scaled_dot_product_attention"
 MHA = "MultiheadAttention"
 
 
-class AttentionFn(torch.autograd.Function):
-    """Attention over 4-D q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv)."""
+@kernel_op("attention")
+def attention_op(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], is_causal: bool, scale: float,
+                 dropout_p: float, seed: Tensor, out_order: list[int]) -> tuple[Tensor, Tensor]:
+    """(o, lse) for 4-D q (B, Hq, Sq, D), k (B, Hkv, Sk, D), v (B, Hkv, Sk, Dv); lse is kept for the backward."""
+    return K.forward(q, k, v, mask, is_causal, scale, dropout_p, seed, tuple(out_order))
 
-    @staticmethod
-    def forward(ctx, q, k, v, mask, is_causal, scale, dropout_p, seed, out_order):
-        o, lse = K.forward(q, k, v, mask, is_causal, scale, dropout_p, seed, out_order)
-        ctx.save_for_backward(q, k, v, o, lse, mask, seed)
-        ctx.options = (is_causal, scale, dropout_p)
-        return o
 
-    @staticmethod
-    def backward(ctx, do):
-        _checks.refuse_double_backward(OP)
-        q, k, v, o, lse, mask, seed = ctx.saved_tensors
-        is_causal, scale, dropout_p = ctx.options
-        need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
-        dq, dk, dv, dmask = K.backward(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed,
-                                       need_q=need_q, need_kv=need_k or need_v, need_mask=need_mask)
-        if dmask is not None:
-            dmask = dmask.to(mask.dtype)
-        return (dq, dk if need_k else None, dv if need_v else None, dmask, None, None, None, None, None)
+@kernel_op("attention_backward")
+def attention_backward_op(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, mask: Optional[Tensor],
+                          is_causal: bool, scale: float, dropout_p: float, seed: Tensor, needs: list[bool]
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, dmask); ``needs`` is (q, k and v, mask), and what was not asked for is `absent`."""
+    grads = K.backward(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed, need_q=needs[0],
+                       need_kv=needs[1], need_mask=needs[2])
+    return tuple(g if g is not None else absent(q) for g in grads)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, mask, is_causal, scale, dropout_p, seed, out_order = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(q, k, v, o, lse, mask, seed)
+    ctx.options = (is_causal, scale, dropout_p)
+
+
+def _backward(ctx, do, _dlse):
+    if do is None:  # o did not reach the loss (grads are not materialized)
+        return (None,) * 9
+    _checks.refuse_double_backward(OP)
+    q, k, v, o, lse, mask, seed = ctx.saved_tensors
+    need_q, need_k, need_v, need_mask = ctx.needs_input_grad[:4]
+    needs = [need_q, need_k or need_v, need_mask]
+    dq, dk, dv, dmask = call(attention_backward_op, do, q, k, v, o, lse, mask, *ctx.options, seed, needs)
+    return (dq if need_q else None, dk if need_k else None, dv if need_v else None,
+            dmask.to(mask.dtype) if need_mask else None, None, None, None, None, None)
+
+
+differentiable(attention_op, setup_context=_setup_context, backward=_backward)
+not_differentiable(attention_backward_op, explanation="double backward is not supported: the gradient of "
+                   "scaled_dot_product_attention cannot itself be differentiated, as with FlashAttention")
 
 
 def _attention(q, k, v, mask, dropout_p, is_causal, scale, out_order=(0, 1, 2, 3)):
-    """AttentionFn on validated 4-D tensors; `mask` broadcastable to (B, Hq, Sq, Sk) or None.
+    """The attention op on validated 4-D tensors; `mask` broadcastable to (B, Hq, Sq, Sk) or None.
 
     dropout_p <= 0 (or nan) means no dropout, as in torch, which drops only when p > 0.
     """
@@ -83,7 +106,7 @@ def _attention(q, k, v, mask, dropout_p, is_causal, scale, out_order=(0, 1, 2, 3
     else:
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     with torch.autocast(q.device.type, enabled=False):
-        return AttentionFn.apply(q, k, v, mask, bool(is_causal), scale, dropout_p, seed, out_order)
+        return call(attention_op, q, k, v, mask, bool(is_causal), scale, dropout_p, seed, list(out_order))[0]
 
 
 def _check_dropout_p(op, dropout_p):

@@ -1,4 +1,4 @@
-"""Batch normalization: the autograd.Function, `batch_norm` with F.batch_norm's signature, and the modules.
+"""Batch normalization: the custom ops with their autograd, `batch_norm` with F.batch_norm's signature, and the modules.
 
 The modules subclass torch's, so construction, parameters, buffers and `state_dict` are torch's
 own; only the forward is ours. Every module and the functional take a keyword-only
@@ -7,45 +7,81 @@ own; only the forward is ours. Every module and the functional take a keyword-on
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from tritonprop import backend
 from tritonprop.kernels import batchnorm as K
 from tritonprop.kernels.elementwise import has_internal_overlap
 from tritonprop.ops import _checks
+from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
 from tritonprop.ops.activations import activation_grad
 from tritonprop.ops.reference import batchnorm as reference
 
 OP = "batch_norm"
 
 
-class BatchNormFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, weight, bias, running_mean, running_var, training, momentum, eps, fuse_relu):
-        # The kernels read weight, bias and the running stats by their strides and update the
-        # running stats in place, so nothing here is copied.
-        y, mean, invstd = K.forward(input, weight, bias, running_mean, running_var, training, momentum, eps, fuse_relu)
-        ctx.save_for_backward(input, weight, bias, mean, invstd)
-        ctx.training = training
-        ctx.eps = eps
-        ctx.fuse_relu = fuse_relu
-        return y
+@kernel_op("batch_norm")
+def batch_norm_op(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                  running_var: Optional[Tensor], training: bool, momentum: float, eps: float, fuse_relu: bool
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, mean, invstd, new running_mean, new running_var).
 
-    @staticmethod
-    def backward(ctx, dy):
-        input, weight, bias, mean, invstd = ctx.saved_tensors
-        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        # Grad mode is on inside backward exactly when the caller asked for create_graph=True.
-        if torch.is_grad_enabled():
-            dx, dweight, dbias = _differentiable_backward(ctx, dy, input, weight, bias, mean, invstd)
-        else:
-            dx, dweight, dbias = K.backward(
-                dy, input, weight, bias, mean, invstd, ctx.training, ctx.fuse_relu,
-                need_input=need_input, need_weight=need_weight, need_bias=need_bias,
-            )
-        return (dx if need_input else None, dweight if need_weight else None, dbias if need_bias else None,
-                None, None, None, None, None, None)
+    The kernels update running statistics in place, but an op that writes its input cannot have
+    autograd registered, so the kernels update copies, returned here (`absent` unless training
+    with running statistics), and `batch_norm` copies them back into the buffers. The copies are
+    one value per channel.
+    """
+    update = training and running_mean is not None
+    if update:
+        running_mean, running_var = running_mean.clone(), running_var.clone()
+    y, mean, invstd = K.forward(input, weight, bias, running_mean, running_var, training, momentum, eps, fuse_relu)
+    if not update:
+        return y, mean, invstd, absent(mean), absent(mean)
+    return y, mean, invstd, running_mean, running_var
+
+
+@kernel_op("batch_norm_backward")
+def batch_norm_backward_op(dy: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
+                           invstd: Tensor, training: bool, fuse_relu: bool, needs: list[bool]
+                           ) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias), each `absent` unless its ``needs`` entry is set."""
+    grads = K.backward(dy, input, weight, bias, mean, invstd, training, fuse_relu, need_input=needs[0],
+                       need_weight=needs[1], need_bias=needs[2])
+    return tuple(g if need and g is not None else absent(input) for g, need in zip(grads, needs))
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, running_mean, running_var, training, momentum, eps, fuse_relu = inputs
+    _, mean, invstd, *running = output
+    ctx.mark_non_differentiable(mean, invstd, *running)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, weight, bias, mean, invstd)
+    ctx.training = training
+    ctx.eps = eps
+    ctx.fuse_relu = fuse_relu
+
+
+def _backward(ctx, dy, *_statistics):
+    if dy is None:  # y did not reach the loss (grads are not materialized)
+        return (None,) * 9
+    input, weight, bias, mean, invstd = ctx.saved_tensors
+    needs = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+             bias is not None and ctx.needs_input_grad[2]]
+    # Grad mode is on inside backward exactly when the caller asked for a graph of the gradient.
+    if torch.is_grad_enabled():
+        grads = _differentiable_backward(ctx, dy, input, weight, bias, mean, invstd)
+    else:
+        grads = call(batch_norm_backward_op, dy, input, weight, bias, mean, invstd, ctx.training, ctx.fuse_relu,
+                     needs)
+    return (*wanted(grads, needs), None, None, None, None, None, None)
+
+
+differentiable(batch_norm_op, setup_context=_setup_context, backward=_backward)
+not_differentiable(batch_norm_backward_op, explanation="the kernel's gradient is not differentiable; batch_norm's "
+                   "gradient under create_graph=True is built from differentiable ops instead")
 
 
 def _differentiable_backward(ctx, dy, input, weight, bias, mean, invstd):
@@ -149,7 +185,12 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     weight = weight.reshape(channels) if weight is not None else None
     bias = bias.reshape(channels) if bias is not None else None
     x = input if input.dim() > 1 else input.reshape(0, 0)
-    y = BatchNormFn.apply(x, weight, bias, running_mean, running_var, training, momentum, eps, bool(fuse_relu))
+    y, _, _, new_mean, new_var = call(batch_norm_op, x, weight, bias, running_mean, running_var, training, momentum,
+                                      eps, bool(fuse_relu))
+    if training and running_mean is not None:
+        with torch.no_grad():
+            running_mean.copy_(new_mean)
+            running_var.copy_(new_var)
     return y if input.dim() > 1 else y.reshape(input.shape)
 
 

@@ -1,4 +1,4 @@
-"""2-D convolution: the autograd.Function, `conv2d` with F.conv2d's signature, `Conv2d`, and BN folding.
+"""2-D convolution: the custom ops with their autograd, `conv2d` with F.conv2d's signature, `Conv2d`, and BN folding.
 
 `conv2d` and `Conv2d` also take a keyword-only ``activation`` (None, 'relu' or 'gelu'): bias and
 activation are then applied in the forward kernel's epilogue, and the backward differentiates
@@ -7,116 +7,140 @@ through them.
 from __future__ import annotations
 
 import operator
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from tritonprop import backend
 from tritonprop.kernels import conv2d as K
 from tritonprop.ops import _checks
 from tritonprop.ops._autocast import cast_to_lower_precision
-from tritonprop.ops.activations import activation_grad
+from tritonprop.ops._library import absent, call, differentiable, kernel_op, wanted
+from tritonprop.ops.activations import activation_backward_op, activation_grad
 from tritonprop.ops.reference import conv2d as reference
 
 OP = "conv2d"
 ACTIVATIONS = (None, "relu", "gelu")
 
 
-class Conv2dFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, output_size, activation):
-        y, saved = K.forward(x, weight, bias, stride, padding, dilation, groups, output_size, activation)
-        ctx.save_for_backward(x, weight, bias, saved)
-        ctx.geometry = (stride, padding, dilation, groups)
-        ctx.output_size = output_size
-        ctx.activation = activation
-        ctx.input_layout = K.output_layout(x, x)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, saved = ctx.saved_tensors
-        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        need_bias = need_bias and bias is not None
-        # Grad mode is on inside backward exactly when the caller asked for create_graph=True.
-        if torch.is_grad_enabled():
-            return (*_differentiable_backward(ctx, dy, x, weight, bias, need_input, need_weight, need_bias),
-                    None, None, None, None, None, None)
-        stride, padding, dilation, groups = ctx.geometry
-        dz = K.activation_backward(dy, saved, ctx.activation) if ctx.activation else dy
-        dx = dweight = dbias = None
-        if need_input:
-            dx = K.backward_input(dz, weight, x.shape, stride, padding, dilation, groups, ctx.input_layout)
-        if need_weight or need_bias:
-            dweight, dbias = K.backward_weight(dz, x, weight, stride, padding, dilation, groups,
-                                               need_weight=need_weight, need_bias=need_bias)
-        return dx, dweight, dbias, None, None, None, None, None, None
+@kernel_op("conv2d")
+def conv2d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: list[int], padding: list[int],
+              dilation: list[int], groups: int, output_size: list[int], activation: Optional[str]
+              ) -> tuple[Tensor, Tensor]:
+    """(y, z): act(conv(x, weight) + bias) for a 4-D x, and the pre-activation z, `absent` unless the
+    activation's backward needs it (GELU; ReLU's needs only y). ``padding`` is (top, left)."""
+    y, saved = K.forward(x, weight, bias, tuple(stride), tuple(padding), tuple(dilation), groups,
+                         tuple(output_size), activation)
+    return y, saved if saved is not None and saved is not y else absent(y)
 
 
-def _differentiable_backward(ctx, dy, x, weight, bias, need_input, need_weight, need_bias):
-    """(dx, dweight, dbias) as a graph of differentiable Functions on the same kernels, for create_graph=True.
+@kernel_op("conv2d_backward_input")
+def conv2d_backward_input_op(dz: Tensor, weight: Tensor, input_shape: list[int], stride: list[int],
+                             padding: list[int], dilation: list[int], groups: int, channels_last: bool) -> Tensor:
+    """dx: the input gradient of a convolution with `weight` at `dz` (the dgrad kernel)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    return K.backward_input(dz, weight, tuple(input_shape), tuple(stride), tuple(padding), tuple(dilation), groups,
+                            layout)
 
-    The pre-activation z is recomputed from the saved inputs (the z or y the forward kept carries no
-    graph), and act'(z) is written in torch ops, so every order of derivative flows through it.
-    """
-    stride, padding, dilation, groups = ctx.geometry
+
+@kernel_op("conv2d_backward_weight")
+def conv2d_backward_weight_op(dz: Tensor, x: Tensor, weight: Tensor, stride: list[int], padding: list[int],
+                              dilation: list[int], groups: int, needs: list[bool]) -> tuple[Tensor, Tensor]:
+    """(dweight, dbias) of a convolution of `x` at `dz` (the wgrad kernel), each `absent` unless
+    asked for; `weight` gives only the shape and layout of dweight."""
+    dweight, dbias = K.backward_weight(dz, x, weight, tuple(stride), tuple(padding), tuple(dilation), groups,
+                                       need_weight=needs[0], need_bias=needs[1])
+    return (dweight if dweight is not None else absent(dz)), (dbias if dbias is not None else absent(dz))
+
+
+def _is_channels_last(x):
+    return K.output_layout(x, x) == torch.channels_last
+
+
+def _conv2d_setup_context(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, output_size, activation = inputs
+    y, z = output
+    ctx.mark_non_differentiable(z)
+    ctx.set_materialize_grads(False)
+    saved = y if activation == "relu" else (z if activation is not None else None)
+    ctx.save_for_backward(x, weight, bias, saved)
+    ctx.geometry = (stride, padding, dilation, groups)
+    ctx.output_size = output_size
+    ctx.activation = activation
+
+
+def _conv2d_backward(ctx, dy, _dz):
+    none = (None,) * 6
+    if dy is None:  # y did not reach the loss (grads are not materialized)
+        return (None, None, None, *none)
+    x, weight, bias, saved = ctx.saved_tensors
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
     dz = dy
-    if ctx.activation:
-        z = Conv2dFn.apply(x, weight, bias, stride, padding, dilation, groups, ctx.output_size, None)
+    if ctx.activation and torch.is_grad_enabled():
+        # A graph of the gradient is asked for. The saved z or y carries no graph, so z is
+        # recomputed from the inputs, and act'(z) is written in torch ops, so every order of
+        # derivative flows through it. (ReLU's y has the mask of z, which has no derivative.)
+        z = saved if ctx.activation == "relu" else call(conv2d_op, x, weight, bias, *ctx.geometry,
+                                                            ctx.output_size, None)[0]
         dz = activation_grad(dy, z, ctx.activation)
-    dx = Conv2dInputGradFn.apply(dz, weight, x.shape, *ctx.geometry, ctx.input_layout) if need_input else None
-    dweight = Conv2dWeightGradFn.apply(dz, x, weight, *ctx.geometry) if need_weight else None
-    dbias = dz.sum(dim=(0, 2, 3)) if need_bias else None
-    return dx, dweight, dbias
+    elif ctx.activation:
+        dz = call(activation_backward_op, dy, saved, ctx.activation)
+    dx = dweight = dbias = None
+    if need_input:
+        dx = call(conv2d_backward_input_op, dz, weight, list(x.shape), *ctx.geometry, _is_channels_last(x))
+    if need_weight or need_bias:
+        grads = call(conv2d_backward_weight_op, dz, x, weight, *ctx.geometry, [need_weight, need_bias])
+        dweight, dbias = wanted(grads, (need_weight, need_bias))
+    return (dx, dweight, dbias, *none)
 
 
-class Conv2dInputGradFn(torch.autograd.Function):
-    """dx = the input gradient of a convolution with `weight` at `dz` (the dgrad kernel).
-
-    dx is bilinear in (dz, weight): <g, dx> = <dz, conv(g, weight)> = <wgrad(dz, g), weight>, so
-    its backward is a forward convolution and a weight gradient, and so on to any order.
-    """
-
-    @staticmethod
-    def forward(ctx, dz, weight, input_shape, stride, padding, dilation, groups, memory_format):
-        ctx.save_for_backward(dz, weight)
-        ctx.geometry = (stride, padding, dilation, groups)
-        return K.backward_input(dz, weight, input_shape, stride, padding, dilation, groups, memory_format)
-
-    @staticmethod
-    def backward(ctx, g):
-        dz, weight = ctx.saved_tensors
-        d_dz = d_weight = None
-        if ctx.needs_input_grad[0]:
-            d_dz = Conv2dFn.apply(g, weight, None, *ctx.geometry, tuple(dz.shape[2:]), None)
-        if ctx.needs_input_grad[1]:
-            d_weight = Conv2dWeightGradFn.apply(dz, g, weight, *ctx.geometry)
-        return d_dz, d_weight, None, None, None, None, None, None
+def _backward_input_setup_context(ctx, inputs, output):
+    dz, weight, input_shape, stride, padding, dilation, groups, channels_last = inputs
+    ctx.save_for_backward(dz, weight)
+    ctx.geometry = (stride, padding, dilation, groups)
 
 
-class Conv2dWeightGradFn(torch.autograd.Function):
-    """dweight = the weight gradient of a convolution of `x` at `dz` (the wgrad kernel).
+def _backward_input_backward(ctx, g):
+    """dx is bilinear in (dz, weight): <g, dx> = <dz, conv(g, weight)> = <wgrad(dz, g), weight>, so its
+    backward is a forward convolution and a weight gradient, and so on to any order."""
+    dz, weight = ctx.saved_tensors
+    d_dz = d_weight = None
+    if ctx.needs_input_grad[0]:
+        d_dz = call(conv2d_op, g, weight, None, *ctx.geometry, list(dz.shape[2:]), None)[0]
+    if ctx.needs_input_grad[1]:
+        d_weight = call(conv2d_backward_weight_op, dz, g, weight, *ctx.geometry, [True, False])[0]
+    return d_dz, d_weight, None, None, None, None, None, None
 
-    `weight` gives only the shape and layout of the result. Bilinear in (dz, x):
-    <G, dweight> = <dz, conv(x, G)> = <x, dgrad(dz, G)>.
-    """
 
-    @staticmethod
-    def forward(ctx, dz, x, weight, stride, padding, dilation, groups):
-        ctx.save_for_backward(dz, x)
-        ctx.geometry = (stride, padding, dilation, groups)
-        dweight, _ = K.backward_weight(dz, x, weight, stride, padding, dilation, groups,
-                                       need_weight=True, need_bias=False)
-        return dweight
+def _backward_weight_setup_context(ctx, inputs, output):
+    dz, x, weight, stride, padding, dilation, groups, needs = inputs
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(dz, x, weight)
+    ctx.geometry = (stride, padding, dilation, groups)
 
-    @staticmethod
-    def backward(ctx, g):
-        dz, x = ctx.saved_tensors
-        d_dz = d_x = None
-        if ctx.needs_input_grad[0]:
-            d_dz = Conv2dFn.apply(x, g, None, *ctx.geometry, tuple(dz.shape[2:]), None)
-        if ctx.needs_input_grad[1]:
-            d_x = Conv2dInputGradFn.apply(dz, g, x.shape, *ctx.geometry, K.output_layout(x, x))
-        return d_dz, d_x, None, None, None, None, None
+
+def _backward_weight_backward(ctx, g_weight, g_bias):
+    """Bilinear in (dz, x): <G, dweight> = <dz, conv(x, G)> = <x, dgrad(dz, G)>; dbias is linear in dz
+    alone, its adjoint the broadcast of G_bias over (N, H, W)."""
+    dz, x, weight = ctx.saved_tensors
+    d_dz = d_x = None
+    if ctx.needs_input_grad[0]:
+        if g_weight is not None:
+            d_dz = call(conv2d_op, x, g_weight, None, *ctx.geometry, list(dz.shape[2:]), None)[0]
+        if g_bias is not None:
+            spread = g_bias.reshape(1, -1, 1, 1).expand_as(dz)
+            d_dz = spread if d_dz is None else d_dz + spread
+    if ctx.needs_input_grad[1] and g_weight is not None:
+        d_x = call(conv2d_backward_input_op, dz, g_weight, list(x.shape), *ctx.geometry, _is_channels_last(x))
+    return d_dz, d_x, None, None, None, None, None, None
+
+
+differentiable(conv2d_op, setup_context=_conv2d_setup_context, backward=_conv2d_backward)
+differentiable(conv2d_backward_input_op, setup_context=_backward_input_setup_context,
+               backward=_backward_input_backward)
+differentiable(conv2d_backward_weight_op, setup_context=_backward_weight_setup_context,
+               backward=_backward_weight_backward)
 
 
 def _int_pair(name, value):
@@ -210,8 +234,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         y = zero.expand(x.shape[0], 0, *geometry.output_size)
         return y.squeeze(0) if unbatched else y
     with torch.autocast(input.device.type, enabled=False):
-        y = Conv2dFn.apply(x, weight, bias, geometry.stride, (pad_top, pad_left), geometry.dilation, groups,
-                           geometry.output_size, activation)
+        y = call(conv2d_op, x, weight, bias, list(geometry.stride), [pad_top, pad_left], list(geometry.dilation),
+                 groups, list(geometry.output_size), activation)[0]
     return y.squeeze(0) if unbatched else y
 
 

@@ -1,4 +1,4 @@
-"""Softmax cross-entropy, log-softmax and NLL loss: autograd.Functions, torch-signature functionals, modules.
+"""Softmax cross-entropy, log-softmax and NLL loss: custom ops with their autograd, functionals, modules.
 
 `cross_entropy` is one fused kernel (log-softmax and NLL in a single pass over the logits); it
 saves the logits and one fp32 log-sum-exp per row, never the probabilities. `log_softmax` and
@@ -9,20 +9,23 @@ input, as torch reads it), each with its own pair of kernels.
 
 Double backward: every backward here is itself differentiable. Without a graph of the gradient
 (the usual case) it is the fast kernel; under ``create_graph=True`` it is rebuilt from these
-same differentiable Functions (log_softmax recomputed from the saved input, since the saved
+same differentiable ops (log_softmax recomputed from the saved input, since the saved
 log-sum-exp is a constant to autograd) plus torch elementwise ops and reductions.
 """
 from __future__ import annotations
 
 import numbers
 import warnings
+from typing import Optional
 
 import torch
+from torch import Tensor
 from torch.nn import _reduction
 
 from tritonprop import backend
 from tritonprop.kernels import cross_entropy as K
 from tritonprop.ops import _checks
+from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
 from tritonprop.ops._autocast import cast_to_float32, cast_to_float32_on_cuda
 from tritonprop.ops.reference import cross_entropy as reference
 
@@ -45,53 +48,82 @@ def _per_row_gradient(grad, per_row_shape, reduction, denominator):
     return grad / denominator if reduction == "mean" else grad
 
 
-class LogSoftmaxFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, dim):
-        y, lse = K.log_softmax_forward(x, dim)
-        ctx.save_for_backward(x, lse)
-        ctx.dim = dim
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, lse = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        if torch.is_grad_enabled():
-            return _log_softmax_vjp(LogSoftmaxFn.apply(x, ctx.dim), dy, ctx.dim), None
-        return K.log_softmax_backward(dy, x, lse, ctx.dim), None
+# ----------------------------------------------------------------------------------------------
+# The custom ops and their autograd
+# ----------------------------------------------------------------------------------------------
 
 
-class CrossEntropyFn(torch.autograd.Function):
-    """Class-index targets."""
+@kernel_op("log_softmax")
+def log_softmax_op(x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """(log_softmax(x, dim), the fp32 log-sum-exp of each row, kept for the backward)."""
+    return K.log_softmax_forward(x, dim)
 
-    @staticmethod
-    def forward(ctx, logits, target, weight, reduction, ignore_index, label_smoothing):
-        loss, lse, total_weight = K.cross_entropy_forward(logits, target, weight, reduction, ignore_index,
-                                                          label_smoothing)
-        ctx.save_for_backward(logits, target, weight, lse, total_weight)
-        ctx.options = (reduction, ignore_index, label_smoothing)
-        return loss
 
-    @staticmethod
-    def backward(ctx, grad):
-        logits, target, weight, lse, total_weight = ctx.saved_tensors
-        none = (None,) * 5
-        if not ctx.needs_input_grad[0]:
-            return (None, *none)
-        if torch.is_grad_enabled():
-            return (_cross_entropy_gradient_graph(grad, logits, target, weight, total_weight, *ctx.options), *none)
-        return (K.cross_entropy_backward(grad, logits, target, weight, lse, total_weight, *ctx.options), *none)
+@kernel_op("log_softmax_backward")
+def log_softmax_backward_op(dy: Tensor, x: Tensor, lse: Tensor, dim: int) -> Tensor:
+    return K.log_softmax_backward(dy, x, lse, dim)
+
+
+def _log_softmax_setup_context(ctx, inputs, output):
+    x, dim = inputs
+    _, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, lse)
+    ctx.dim = dim
+
+
+def _log_softmax_backward(ctx, dy, _dlse):
+    if dy is None or not ctx.needs_input_grad[0]:
+        return None, None
+    x, lse = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # A graph of the gradient: log_softmax recomputed (the saved lse is a constant to autograd).
+        return _log_softmax_vjp(call(log_softmax_op, x, ctx.dim)[0], dy, ctx.dim), None
+    return call(log_softmax_backward_op, dy, x, lse, ctx.dim), None
+
+
+@kernel_op("cross_entropy")
+def cross_entropy_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str, ignore_index: int,
+                     label_smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Class-index targets: (loss, the per-row log-sum-exp, the total weight of the counted rows)."""
+    return K.cross_entropy_forward(logits, target, weight, reduction, ignore_index, label_smoothing)
+
+
+@kernel_op("cross_entropy_backward")
+def cross_entropy_backward_op(grad: Tensor, logits: Tensor, target: Tensor, weight: Optional[Tensor], lse: Tensor,
+                              total_weight: Tensor, reduction: str, ignore_index: int, label_smoothing: float
+                              ) -> Tensor:
+    return K.cross_entropy_backward(grad, logits, target, weight, lse, total_weight, reduction, ignore_index,
+                                    label_smoothing)
+
+
+def _cross_entropy_setup_context(ctx, inputs, output):
+    logits, target, weight, reduction, ignore_index, label_smoothing = inputs
+    _, lse, total_weight = output
+    ctx.mark_non_differentiable(lse, total_weight)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(logits, target, weight, lse, total_weight)
+    ctx.options = (reduction, ignore_index, label_smoothing)
+
+
+def _cross_entropy_backward(ctx, grad, _dlse, _dtotal):
+    none = (None,) * 5
+    if grad is None or not ctx.needs_input_grad[0]:
+        return (None, *none)
+    logits, target, weight, lse, total_weight = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        return (_cross_entropy_gradient_graph(grad, logits, target, weight, total_weight, *ctx.options), *none)
+    return (call(cross_entropy_backward_op, grad, logits, target, weight, lse, total_weight, *ctx.options), *none)
 
 
 def _cross_entropy_gradient_graph(grad, logits, target, weight, total_weight, reduction, ignore_index,
                                   label_smoothing):
     """dloss/dlogits as a differentiable graph: (1 - eps) nll_loss + (eps / C) sum_c w_c (-logp_c), through
     log_softmax's vector-Jacobian product. total_weight depends on target and weight alone, a constant."""
-    logp = LogSoftmaxFn.apply(logits, 1)
-    dlogp = NLLLossGradFn.apply(grad, target, weight, total_weight, logits.shape, logits.dtype, reduction,
-                                ignore_index)
+    logp = call(log_softmax_op, logits, 1)[0]
+    dlogp = call(nll_loss_backward_op, grad, target, weight, total_weight, list(logits.shape), logits.dtype,
+                 reduction, ignore_index)
     if label_smoothing > 0.0:
         classes = logits.shape[1]
         rows = _per_row_gradient(grad, target.shape, reduction, total_weight)
@@ -102,36 +134,52 @@ def _cross_entropy_gradient_graph(grad, logits, target, weight, total_weight, re
     return _log_softmax_vjp(logp, dlogp, 1).to(logits.dtype)
 
 
-class CrossEntropyProbsFn(torch.autograd.Function):
-    """Targets of class probabilities, shaped like the logits; differentiable in both."""
+@kernel_op("cross_entropy_probs")
+def cross_entropy_probs_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str,
+                           label_smoothing: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Targets of class probabilities, shaped like the logits: (loss, lse, mass, rows) as the kernel gives them."""
+    return K.cross_entropy_probs_forward(logits, target, weight, reduction, label_smoothing)
 
-    @staticmethod
-    def forward(ctx, logits, target, weight, reduction, label_smoothing):
-        loss, lse, mass, rows = K.cross_entropy_probs_forward(logits, target, weight, reduction, label_smoothing)
-        ctx.save_for_backward(logits, target, weight, lse, mass, rows)
-        ctx.options = (reduction, label_smoothing)
-        return loss
 
-    @staticmethod
-    def backward(ctx, grad):
-        logits, target, weight, lse, mass, rows = ctx.saved_tensors
-        need_logits, need_target = ctx.needs_input_grad[:2]
-        if not (need_logits or need_target):
-            return None, None, None, None, None
-        if torch.is_grad_enabled():
-            dx, dt = _probs_gradients_graph(grad, logits, target, weight, rows, *ctx.options, need_logits,
-                                            need_target)
-        else:
-            dx, dt = K.cross_entropy_probs_backward(grad, logits, target, weight, lse, mass, rows, *ctx.options,
-                                                    need_logits=need_logits, need_target=need_target)
-        return dx, dt, None, None, None
+@kernel_op("cross_entropy_probs_backward")
+def cross_entropy_probs_backward_op(grad: Tensor, logits: Tensor, target: Tensor, weight: Optional[Tensor],
+                                    lse: Tensor, mass: Tensor, rows: Tensor, reduction: str, label_smoothing: float,
+                                    needs: list[bool]) -> tuple[Tensor, Tensor]:
+    """(dlogits, dtarget), each `absent` unless asked for."""
+    dx, dt = K.cross_entropy_probs_backward(grad, logits, target, weight, lse, mass, rows, reduction,
+                                            label_smoothing, need_logits=needs[0], need_target=needs[1])
+    return (dx if dx is not None else absent(logits)), (dt if dt is not None else absent(logits))
+
+
+def _probs_setup_context(ctx, inputs, output):
+    logits, target, weight, reduction, label_smoothing = inputs
+    _, lse, mass, rows = output
+    ctx.mark_non_differentiable(lse, mass, rows)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(logits, target, weight, lse, mass, rows)
+    ctx.options = (reduction, label_smoothing)
+
+
+def _probs_backward(ctx, grad, *_statistics):
+    need_logits, need_target = ctx.needs_input_grad[:2]
+    if grad is None or not (need_logits or need_target):
+        return None, None, None, None, None
+    logits, target, weight, lse, mass, rows = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        dx, dt = _probs_gradients_graph(grad, logits, target, weight, rows, *ctx.options, need_logits,
+                                        need_target)
+    else:
+        grads = call(cross_entropy_probs_backward_op, grad, logits, target, weight, lse, mass, rows, *ctx.options,
+                     [need_logits, need_target])
+        dx, dt = wanted(grads, (need_logits, need_target))
+    return dx, dt, None, None, None
 
 
 def _probs_gradients_graph(grad, logits, target, weight, rows, reduction, label_smoothing, need_logits,
                            need_target):
     """(dlogits, dtarget) of loss = -sum_c w_c t'_c logp_c as a differentiable graph (t' the smoothed target)."""
     classes = logits.shape[1]
-    logp = LogSoftmaxFn.apply(logits, 1)
+    logp = call(log_softmax_op, logits, 1)[0]
     g = _per_row_gradient(grad, (logits.shape[0], *logits.shape[2:]), reduction, rows).unsqueeze(1)
     w = 1.0 if weight is None else _class_view(weight, logits.dim())
     dx = dt = None
@@ -143,45 +191,65 @@ def _probs_gradients_graph(grad, logits, target, weight, rows, reduction, label_
     return dx, dt
 
 
-class NLLLossFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, target, weight, reduction, ignore_index):
-        loss, total_weight = K.nll_loss_forward(input, target, weight, reduction, ignore_index)
-        # The gradient does not depend on the input's values, so the input is not saved.
-        ctx.save_for_backward(target, weight, total_weight)
-        ctx.input_meta = (input.shape, input.dtype)
-        ctx.options = (reduction, ignore_index)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):
-        target, weight, total_weight = ctx.saved_tensors
-        dx = None
-        if ctx.needs_input_grad[0]:
-            args = (target, weight, total_weight, *ctx.input_meta, *ctx.options)
-            # The gradient is linear in grad alone: under create_graph it is a Function of grad.
-            dx = NLLLossGradFn.apply(grad, *args) if torch.is_grad_enabled() else K.nll_loss_backward(grad, *args)
-        return dx, None, None, None, None
+@kernel_op("nll_loss")
+def nll_loss_op(input: Tensor, target: Tensor, weight: Optional[Tensor], reduction: str, ignore_index: int
+                ) -> tuple[Tensor, Tensor]:
+    """(loss, the total weight of the counted rows)."""
+    return K.nll_loss_forward(input, target, weight, reduction, ignore_index)
 
 
-class NLLLossGradFn(torch.autograd.Function):
-    """nll_loss's input gradient as a function of the upstream gradient g: -w_t g at each row's target.
+@kernel_op("nll_loss_backward")
+def nll_loss_backward_op(grad: Tensor, target: Tensor, weight: Optional[Tensor], total_weight: Tensor,
+                         input_shape: list[int], dtype: torch.dtype, reduction: str, ignore_index: int) -> Tensor:
+    """nll_loss's input gradient, a function of the upstream gradient alone: -w_t grad at each row's target."""
+    return K.nll_loss_backward(grad, target, weight, total_weight, tuple(input_shape), dtype, reduction,
+                               ignore_index)
 
-    Its adjoint takes ddx to -w_t ddx[t] per row, reduced as the loss is ('mean' by the same
-    total weight): nll_loss itself, so each order of derivative is the other Function.
-    """
 
-    @staticmethod
-    def forward(ctx, grad, target, weight, total_weight, input_shape, dtype, reduction, ignore_index):
-        ctx.save_for_backward(target, weight)
-        ctx.options = (reduction, ignore_index)
-        return K.nll_loss_backward(grad, target, weight, total_weight, input_shape, dtype, reduction, ignore_index)
+def _nll_loss_setup_context(ctx, inputs, output):
+    input, target, weight, reduction, ignore_index = inputs
+    _, total_weight = output
+    ctx.mark_non_differentiable(total_weight)
+    ctx.set_materialize_grads(False)
+    # The gradient does not depend on the input's values, so the input is not saved.
+    ctx.save_for_backward(target, weight, total_weight)
+    ctx.input_meta = (list(input.shape), input.dtype)
+    ctx.options = (reduction, ignore_index)
 
-    @staticmethod
-    def backward(ctx, ddx):
-        target, weight = ctx.saved_tensors
-        dgrad = NLLLossFn.apply(ddx, target, weight, *ctx.options) if ctx.needs_input_grad[0] else None
-        return dgrad, None, None, None, None, None, None, None
+
+def _nll_loss_backward(ctx, grad, _dtotal):
+    if grad is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None
+    target, weight, total_weight = ctx.saved_tensors
+    # Linear in grad, and differentiable: its own backward is nll_loss again.
+    dx = call(nll_loss_backward_op, grad, target, weight, total_weight, *ctx.input_meta, *ctx.options)
+    return dx, None, None, None, None
+
+
+def _nll_loss_grad_setup_context(ctx, inputs, output):
+    grad, target, weight, total_weight, input_shape, dtype, reduction, ignore_index = inputs
+    ctx.save_for_backward(target, weight)
+    ctx.options = (reduction, ignore_index)
+
+
+def _nll_loss_grad_backward(ctx, ddx):
+    """The adjoint takes ddx to -w_t ddx[t] per row, reduced as the loss is ('mean' by the same total
+    weight): nll_loss itself, so each order of derivative is the other op."""
+    target, weight = ctx.saved_tensors
+    dgrad = call(nll_loss_op, ddx, target, weight, *ctx.options)[0] if ctx.needs_input_grad[0] else None
+    return dgrad, None, None, None, None, None, None, None
+
+
+differentiable(log_softmax_op, setup_context=_log_softmax_setup_context, backward=_log_softmax_backward)
+differentiable(cross_entropy_op, setup_context=_cross_entropy_setup_context, backward=_cross_entropy_backward)
+differentiable(cross_entropy_probs_op, setup_context=_probs_setup_context, backward=_probs_backward)
+differentiable(nll_loss_op, setup_context=_nll_loss_setup_context, backward=_nll_loss_backward)
+differentiable(nll_loss_backward_op, setup_context=_nll_loss_grad_setup_context, backward=_nll_loss_grad_backward)
+_WHY_NOT = ("the kernel's gradient is not differentiable; under create_graph=True the gradient is built from "
+            "differentiable ops instead")
+not_differentiable(log_softmax_backward_op, explanation=_WHY_NOT)
+not_differentiable(cross_entropy_backward_op, explanation=_WHY_NOT)
+not_differentiable(cross_entropy_probs_backward_op, explanation=_WHY_NOT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,6 +328,11 @@ def _check_target_range(op, target, classes, ignore_index):
     the device instead.
     """
     out_of_range = (target != ignore_index) & ((target < 0) | (target >= classes))
+    if torch.compiler.is_compiling():
+        # A compiled graph cannot branch on a value; the check stays in it as an assertion (on
+        # CUDA a device-side one, as torch's own kernels make).
+        torch._assert_async(~out_of_range.any(), f"{op}: a target is out of bounds [0, {classes})")
+        return
     if bool(out_of_range.any()):
         raise IndexError(f"{op}: Target {int(target[out_of_range][0])} is out of bounds.")
 
@@ -331,8 +404,8 @@ def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction,
     unbatched = input.dim() == 1
     logits, target = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
     with torch.autocast(input.device.type, enabled=False):
-        loss = CrossEntropyProbsFn.apply(logits, target, None if weight is None else weight.contiguous(),
-                                         reduction, label_smoothing)
+        loss = call(cross_entropy_probs_op, logits, target, None if weight is None else weight.contiguous(),
+                    reduction, label_smoothing)[0]
     return loss.reshape(()) if unbatched else loss
 
 
@@ -358,7 +431,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
                                        label_smoothing=label_smoothing)
     logits, target = (input.unsqueeze(0), target.reshape(1)) if unbatched else (input, target)
     with torch.autocast(input.device.type, enabled=False):
-        loss = CrossEntropyFn.apply(logits, target, weight, reduction, ignore_index, label_smoothing)
+        loss = call(cross_entropy_op, logits, target, weight, reduction, ignore_index, label_smoothing)[0]
     return loss.reshape(()) if unbatched else loss
 
 
@@ -374,7 +447,7 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
         return reference.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
     log_probs, target = (input.unsqueeze(0), target.reshape(1)) if unbatched else (input, target)
     with torch.autocast(input.device.type, enabled=False):
-        loss = NLLLossFn.apply(log_probs, target, weight, reduction, ignore_index)
+        loss = call(nll_loss_op, log_probs, target, weight, reduction, ignore_index)[0]
     return loss.reshape(()) if unbatched else loss
 
 
@@ -409,7 +482,7 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     # A 0-dim tensor is one row of one class.
     x = input.reshape(1) if input.dim() == 0 else input
     with torch.autocast(input.device.type, enabled=False):
-        y = LogSoftmaxFn.apply(x, dim % x.dim())
+        y = call(log_softmax_op, x, dim % x.dim())[0]
     return y.reshape(()) if input.dim() == 0 else y
 
 

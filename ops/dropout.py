@@ -1,4 +1,4 @@
-"""Dropout: the autograd.Function, `dropout` with F.dropout's signature, and `Dropout` (a subclass
+"""Dropout: the custom ops with their autograd, `dropout` with F.dropout's signature, and `Dropout` (a subclass
 of torch's).
 
 The mask cannot equal torch's (torch's generators are not Philox-compatible with Triton's), but
@@ -13,34 +13,38 @@ import math
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from tritonprop import backend
 from tritonprop.kernels import dropout as K
 from tritonprop.ops import _checks
+from tritonprop.ops._library import call, differentiable, kernel_op
 from tritonprop.ops.activations import check_in_place_target
 from tritonprop.ops.reference import dropout as reference
 
 OP = "dropout"
 
 
-class DropoutFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, seed, p, inplace):
-        output = K.forward(input, seed, p, out=input if inplace else None)
-        if inplace:
-            ctx.mark_dirty(input)
-        ctx.save_for_backward(seed)
-        ctx.p = p
-        return output
+@kernel_op("dropout")
+def dropout_op(input: Tensor, seed: Tensor, p: float) -> Tensor:
+    """input * mask / (1 - p), the mask drawn from (`seed`, `p`)."""
+    return K.forward(input, seed, p)
 
-    @staticmethod
-    def backward(ctx, dy):
-        seed, = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True. Dropout is linear, so its backward is the same mask (same seed)
-            # applied to dy; applied through this Function, it is differentiable to any order.
-            return DropoutFn.apply(dy, seed, ctx.p, False), None, None, None
-        return K.backward(dy, seed, ctx.p), None, None, None
+
+def _setup_context(ctx, inputs, output):
+    _, seed, p = inputs
+    ctx.save_for_backward(seed)
+    ctx.p = p
+
+
+def _backward(ctx, dy):
+    seed, = ctx.saved_tensors
+    # Dropout is linear, so its backward is the same mask (same seed) applied to dy: this op
+    # again, differentiable to any order.
+    return call(dropout_op, dy, seed, ctx.p), None, None
+
+
+differentiable(dropout_op, setup_context=_setup_context, backward=_backward)
 
 
 def _probability(p) -> float:
@@ -88,9 +92,9 @@ def dropout(input, p=0.5, training=True, inplace=False):
     backend.check_devices(OP, input=input)
     if inplace:
         check_in_place_target(OP, input)
-    output = DropoutFn.apply(input, reference.draw_seed(input.device), p, bool(inplace))
-    # In place, torch returns input itself; see ops.activations.relu.
-    return input if inplace else output
+    output = call(dropout_op, input, reference.draw_seed(input.device), p)
+    # In place: computed out of place and copied, as ops.activations.apply_activation explains.
+    return input.copy_(output) if inplace else output
 
 
 class Dropout(torch.nn.Dropout):

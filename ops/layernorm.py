@@ -1,4 +1,4 @@
-"""Layer normalization: the autograd.Function, `layer_norm` with F.layer_norm's signature, `LayerNorm`.
+"""Layer normalization: the custom ops with their autograd, `layer_norm` with F.layer_norm's signature, `LayerNorm`.
 
 The module subclasses torch's, so construction (``elementwise_affine``, ``bias``), parameters
 and `state_dict` are torch's own; only the forward is ours.
@@ -6,41 +6,63 @@ and `state_dict` are torch's own; only the forward is ours.
 from __future__ import annotations
 
 import operator
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from tritonprop import backend
 from tritonprop.kernels import layernorm as K
 from tritonprop.ops import _checks
+from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
 from tritonprop.ops._autocast import cast_to_float32_on_cuda
 from tritonprop.ops.reference import layernorm as reference
 
 OP = "layer_norm"
 
 
-class LayerNormFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input, weight, bias, normalized_ndim, eps):
-        y, mean, rstd = K.forward(input, normalized_ndim, weight, bias, eps)
-        ctx.save_for_backward(input, weight, bias, mean, rstd)
-        ctx.normalized_ndim = normalized_ndim
-        ctx.eps = eps
-        return y
+@kernel_op("layer_norm")
+def layer_norm_op(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], normalized_ndim: int,
+                  eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, mean, rstd): the forward kernel; mean and rstd are kept for the backward."""
+    return K.forward(input, normalized_ndim, weight, bias, eps)
 
-    @staticmethod
-    def backward(ctx, dy):
-        input, weight, bias, mean, rstd = ctx.saved_tensors
-        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        # Grad mode is on inside backward exactly when the caller asked for create_graph=True.
-        if torch.is_grad_enabled():
-            dx, dweight, dbias = _differentiable_backward(ctx, dy, input, weight, bias, mean.dtype)
-        else:
-            dx, dweight, dbias = K.backward(
-                dy, input, ctx.normalized_ndim, weight, bias, mean, rstd,
-                need_input=need_input, need_weight=need_weight, need_bias=need_bias,
-            )
-        return (dx if need_input else None, dweight if need_weight else None, dbias if need_bias else None,
-                None, None)
+
+@kernel_op("layer_norm_backward")
+def layer_norm_backward_op(dy: Tensor, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor,
+                           rstd: Tensor, normalized_ndim: int, needs: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dweight, dbias), each `absent` unless its ``needs`` entry is set."""
+    grads = K.backward(dy, input, normalized_ndim, weight, bias, mean, rstd, *needs)
+    return tuple(g if g is not None else absent(input) for g in grads)
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, normalized_ndim, eps = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(input, weight, bias, mean, rstd)
+    ctx.normalized_ndim = normalized_ndim
+    ctx.eps = eps
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    if dy is None:  # y did not reach the loss (grads are not materialized)
+        return None, None, None, None, None
+    input, weight, bias, mean, rstd = ctx.saved_tensors
+    needs = [ctx.needs_input_grad[0], weight is not None and ctx.needs_input_grad[1],
+             bias is not None and ctx.needs_input_grad[2]]
+    # Grad mode is on inside backward exactly when the caller asked for a graph of the gradient.
+    if torch.is_grad_enabled():
+        grads = _differentiable_backward(ctx, dy, input, weight, bias, mean.dtype)
+    else:
+        grads = call(layer_norm_backward_op, dy, input, weight, bias, mean, rstd, ctx.normalized_ndim, needs)
+    return (*wanted(grads, needs), None, None)
+
+
+differentiable(layer_norm_op, setup_context=_setup_context, backward=_backward)
+not_differentiable(layer_norm_backward_op, explanation="the kernel's gradient is not differentiable; layer_norm's "
+                   "gradient under create_graph=True is built from differentiable ops instead")
 
 
 def _differentiable_backward(ctx, dy, input, weight, bias, acc):
@@ -118,7 +140,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     if backend.use_reference():
         return reference.layer_norm(input, normalized_shape, weight, bias, eps)
     backend.check_devices(OP, input=input, weight=weight, bias=bias)
-    return LayerNormFn.apply(input, weight, bias, len(normalized_shape), eps)
+    return call(layer_norm_op, input, weight, bias, len(normalized_shape), eps)[0]
 
 
 class LayerNorm(torch.nn.LayerNorm):

@@ -1,4 +1,4 @@
-"""Linear: the autograd.Function, `linear` with F.linear's signature, and the `Linear` module.
+"""Linear: the custom ops with their autograd, `linear` with F.linear's signature, and the `Linear` module.
 
 `linear` and `Linear` also take a keyword-only ``activation`` (None, 'relu', 'gelu' or
 'gelu_tanh', the tanh approximation of GELU): bias and activation are then applied in the matmul
@@ -7,49 +7,74 @@ kernel's epilogue, and the backward differentiates through them.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from tritonprop import backend
 from tritonprop.kernels import linear as K
 from tritonprop.ops import _checks
 from tritonprop.ops._autocast import cast_to_lower_precision
-from tritonprop.ops.activations import activation_grad
+from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
+from tritonprop.ops.activations import activation_backward_op, activation_grad
 from tritonprop.ops.reference import linear as reference
 
 OP = "linear"
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
 
 
-class LinearFn(torch.autograd.Function):
-    """act(x @ weight^T + bias) for a 2-D x; `linear` flattens the leading dims before and after."""
+@kernel_op("linear")
+def linear_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], activation: Optional[str]) -> tuple[Tensor, Tensor]:
+    """(y, z) = (act(x @ weight^T + bias), the pre-activation z) for a 2-D x; z is `absent` unless
+    the activation's backward needs it (the GELUs; ReLU's needs only y)."""
+    y, saved = K.forward(x, weight, bias, activation)
+    return y, saved if saved is not None and saved is not y else absent(y)
 
-    @staticmethod
-    def forward(ctx, x, weight, bias, activation):
-        y, saved = K.forward(x, weight, bias, activation)
-        ctx.save_for_backward(x, weight, bias, saved)
-        ctx.activation = activation
-        return y
 
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, saved = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            return _backward_with_graph(dy, x, weight, bias, saved, ctx.activation, ctx.needs_input_grad[:3])
-        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        dz = K.activation_backward(dy, saved, ctx.activation) if ctx.activation else dy
-        dx = dweight = dbias = None
-        if need_input:
-            dx = K.backward_input(dz, weight)
-        if need_weight or need_bias:
-            dweight, dbias = K.backward_weight(dz, x, need_weight=need_weight, need_bias=need_bias)
-        return dx, dweight, dbias, None
+@kernel_op("linear_backward_weight")
+def linear_backward_weight_op(dz: Tensor, x: Tensor, needs: list[bool]) -> tuple[Tensor, Tensor]:
+    """(dweight, dbias) = (dz^T @ x, the column sums of dz), each `absent` unless asked for."""
+    dweight, dbias = K.backward_weight(dz, x, need_weight=needs[0], need_bias=needs[1])
+    return (dweight if dweight is not None else absent(dz)), (dbias if dbias is not None else absent(dz))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation = inputs
+    y, z = output
+    ctx.mark_non_differentiable(z)
+    ctx.set_materialize_grads(False)
+    saved = y if activation == "relu" else (z if activation is not None else None)
+    ctx.save_for_backward(x, weight, bias, saved)
+    ctx.activation = activation
+
+
+def _backward(ctx, dy, _dz):
+    if dy is None:  # y did not reach the loss (grads are not materialized)
+        return None, None, None, None
+    x, weight, bias, saved = ctx.saved_tensors
+    need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+    if torch.is_grad_enabled():
+        return _backward_with_graph(dy, x, weight, bias, saved, ctx.activation, ctx.needs_input_grad[:3])
+    dz = call(activation_backward_op, dy, saved, ctx.activation) if ctx.activation else dy
+    # dx = dz @ W is the linear of dz with W^T: the forward kernel on a transposed view.
+    dx = call(linear_op, dz, weight.t(), None, None)[0] if need_input else None
+    dweight = dbias = None
+    if need_weight or need_bias:
+        grads = call(linear_backward_weight_op, dz, x, [need_weight, need_bias])
+        dweight, dbias = wanted(grads, (need_weight, need_bias))
+    return dx, dweight, dbias, None
+
+
+differentiable(linear_op, setup_context=_setup_context, backward=_backward)
+not_differentiable(linear_backward_weight_op, explanation="the split-K weight-gradient kernel is not "
+                   "differentiable; a graph of linear's gradient uses the linear op itself instead")
 
 
 def _backward_with_graph(dy, x, weight, bias, saved, activation, needs_input_grad):
-    """LinearFn's gradients under create_graph=True, as a graph that autograd differentiates again.
+    """linear's gradients under create_graph=True, as a graph that autograd differentiates again.
 
-    Both input products are linears themselves, LinearFn on transposed views: dx = dz @ W is
+    Both input products are linears themselves, on transposed views: dx = dz @ W is
     linear(dz, W^T) and dW = dz^T @ x is linear(dz^T, x^T). So gradients of every order run on the
     same kernels, and each one's backward is this function again.
     """
@@ -60,9 +85,9 @@ def _backward_with_graph(dy, x, weight, bias, saved, activation, needs_input_gra
         dz = activation_grad(dy, saved, activation)
     elif activation is not None:
         # The saved z is a kernel output without a graph: recompute it differentiably.
-        dz = activation_grad(dy, LinearFn.apply(x, weight, bias, None), activation)
-    dx = LinearFn.apply(dz, weight.t(), None, None) if need_input else None
-    dweight = LinearFn.apply(dz.t(), x.t(), None, None) if need_weight else None
+        dz = activation_grad(dy, call(linear_op, x, weight, bias, None)[0], activation)
+    dx = call(linear_op, dz, weight.t(), None, None)[0] if need_input else None
+    dweight = call(linear_op, dz.t(), x.t(), None, None)[0] if need_weight else None
     dbias = dz.sum(dim=0) if need_bias else None
     return dx, dweight, dbias, None
 
@@ -164,7 +189,7 @@ def linear(input, weight, bias=None, *, activation=None):
     # addresses rows by one stride.
     x = input.reshape(math.prod(leading), in_features)
     with torch.autocast(input.device.type, enabled=False):
-        y = LinearFn.apply(x, weight, bias, activation)
+        y = call(linear_op, x, weight, bias, activation)[0]
     return y.reshape(*leading, out_features)
 
 

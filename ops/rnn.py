@@ -1,4 +1,4 @@
-"""Elman RNN: autograd.Functions, the `rnn_cell` and `rnn` functionals, and the `RNNCell` and `RNN` modules.
+"""Elman RNN: custom ops with their autograd, the `rnn_cell` and `rnn` functionals, and the `RNNCell` and `RNN` modules.
 
     rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh")
         torch.rnn_tanh_cell / torch.rnn_relu_cell, one step: h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh).
@@ -10,19 +10,23 @@
         with batch_first, (T, I) unbatched, or a PackedSequence; `hx` (num_layers * D, B, H) or
         None for zeros. Returns ``(output, h_n)`` exactly as torch.nn.RNN does.
 
-Each layer is one `RNNLayerFn` (both directions; kernels/rnn.py); layers, dropout between them
+Each layer is one `rnn_layer` op (both directions; kernels/rnn.py); layers, dropout between them
 (tritonprop's dropout kernel) and packing are composed here, with autograd joining them.
 Double backward (create_graph=True) is refused with an error naming the op: the BPTT kernels'
 backward is not itself differentiable.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from tritonprop import backend
 from tritonprop.kernels import rnn as K
 from tritonprop.ops import _checks
+from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
 from tritonprop.ops._autocast import cast_to_lower_precision
 from tritonprop.ops.dropout import dropout as dropout_fn
 from tritonprop.ops.reference import rnn as reference
@@ -32,61 +36,125 @@ OP_CELL = "rnn_cell"
 NONLINEARITIES = ("tanh", "relu")
 
 
-class RNNCellFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
-        y = K.cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-        ctx.save_for_backward(x, h, w_ih, w_hh, y)
-        ctx.nonlinearity = nonlinearity
-        ctx.has_bias = b_ih is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        _checks.refuse_double_backward(OP_CELL)
-        x, h, w_ih, w_hh, y = ctx.saved_tensors
-        need_x, need_h, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad[:6]
-        need_bias = ctx.has_bias and (need_b_ih or need_b_hh)
-        dx, dh, dw_ih, dw_hh, db = K.cell_backward(dy, x, h, w_ih, w_hh, y, ctx.nonlinearity, need_x=need_x,
-                                                   need_h=need_h, need_w_ih=need_w_ih, need_w_hh=need_w_hh,
-                                                   need_bias=need_bias)
-        # b_ih and b_hh enter z as one sum, so they share one gradient; each gets its own tensor.
-        db_hh = db.clone() if need_bias and need_b_ih and need_b_hh else db
-        return dx, dh, dw_ih, dw_hh, db if need_b_ih else None, db_hh if need_b_hh else None, None
+@kernel_op("rnn_cell")
+def rnn_cell_op(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+                nonlinearity: str) -> Tensor:
+    """One step, h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), for 2-D x and h."""
+    return K.cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
 
 
-class RNNLayerFn(torch.autograd.Function):
-    """One layer, both directions: x (T, B, I) time-major, h0 (D, B, H) -> (output (T, B, D*H), h_n (D, B, H))."""
-
-    @staticmethod
-    def forward(ctx, x, h0, lengths, nonlinearity, num_directions, *weights):
-        grouped = _group_by_direction(weights, num_directions)
-        output, h_n, hidden = K.forward(x, h0, grouped, nonlinearity, lengths)
-        ctx.save_for_backward(x, hidden, lengths, *weights)
-        ctx.nonlinearity = nonlinearity
-        ctx.num_directions = num_directions
-        return output, h_n
-
-    @staticmethod
-    def backward(ctx, d_output, dh_n):
-        _checks.refuse_double_backward(OP)
-        x, hidden, lengths, *weights = ctx.saved_tensors
-        grouped = _group_by_direction(weights, ctx.num_directions)
-        need_x, need_h0 = ctx.needs_input_grad[:2]
-        need_weights = any(ctx.needs_input_grad[5:])
-        dx, dh0, grads = K.backward(d_output, dh_n, x, hidden, grouped, ctx.nonlinearity, lengths,
-                                    need_x=need_x, need_h0=need_h0, need_weights=need_weights)
-        weight_grads = [None] * len(weights)
-        if need_weights:
-            weight_grads = [g for direction in grads for g in direction if g is not None]
-        return (dx, dh0, None, None, None, *weight_grads)
+@kernel_op("rnn_cell_backward")
+def rnn_cell_backward_op(dy: Tensor, x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, y: Tensor, nonlinearity: str,
+                         needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh, dw_ih, dw_hh, dbias), ``needs`` in that order; what was not asked for is `absent`."""
+    grads = K.cell_backward(dy, x, h, w_ih, w_hh, y, nonlinearity, need_x=needs[0], need_h=needs[1],
+                            need_w_ih=needs[2], need_w_hh=needs[3], need_bias=needs[4])
+    return tuple(g if g is not None else absent(y) for g in grads)
 
 
-def _group_by_direction(weights, num_directions):
-    """(w_ih, w_hh, b_ih, b_hh) per direction from a flat list; biases None when absent."""
-    per = len(weights) // num_directions
-    groups = [tuple(weights[d * per:(d + 1) * per]) for d in range(num_directions)]
-    return [g if per == 4 else (*g, None, None) for g in groups]
+def _cell_setup_context(ctx, inputs, output):
+    x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity = inputs
+    ctx.save_for_backward(x, h, w_ih, w_hh, output)
+    ctx.nonlinearity = nonlinearity
+    ctx.has_bias = b_ih is not None
+
+
+def _cell_backward(ctx, dy):
+    _checks.refuse_double_backward(OP_CELL)
+    x, h, w_ih, w_hh, y = ctx.saved_tensors
+    need_x, need_h, need_w_ih, need_w_hh, need_b_ih, need_b_hh = ctx.needs_input_grad[:6]
+    need_bias = ctx.has_bias and (need_b_ih or need_b_hh)
+    needs = [need_x, need_h, need_w_ih, need_w_hh, need_bias]
+    dx, dh, dw_ih, dw_hh, db = wanted(call(rnn_cell_backward_op, dy, x, h, w_ih, w_hh, y, ctx.nonlinearity, needs),
+                                      needs)
+    # b_ih and b_hh enter z as one sum, so they share one gradient; each gets its own tensor.
+    db_hh = db.clone() if need_bias and need_b_ih and need_b_hh else db
+    return dx, dh, dw_ih, dw_hh, db if need_b_ih else None, db_hh if need_b_hh else None, None
+
+
+differentiable(rnn_cell_op, setup_context=_cell_setup_context, backward=_cell_backward)
+not_differentiable(rnn_cell_backward_op, explanation="double backward is not supported: the RNN cell's gradient "
+                   "kernels are not themselves differentiable")
+
+# The weights of one layer, per direction, as the layer op takes them (the second four only when
+# bidirectional; biases None without bias).
+_LAYER_WEIGHTS = 8
+
+
+@kernel_op("rnn_layer")
+def rnn_layer_op(x: Tensor, h0: Tensor, lengths: Optional[Tensor], nonlinearity: str, w_ih: Tensor, w_hh: Tensor,
+                 b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_ih_reverse: Optional[Tensor],
+                 w_hh_reverse: Optional[Tensor], b_ih_reverse: Optional[Tensor], b_hh_reverse: Optional[Tensor]
+                 ) -> tuple[Tensor, Tensor]:
+    """One layer, both directions: x (T, B, I) time-major, h0 (D, B, H) -> (hidden, h_n).
+
+    ``hidden`` is the (T + D, B, D*H) buffer that the backward reads, whose rows 1..T are the
+    layer's output (T, B, D*H): a custom op may not return views of one another, so the
+    functional takes the output view itself.
+    """
+    weights = _by_direction([w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse])
+    _, h_n, hidden = K.forward(x, h0, weights, nonlinearity, lengths)
+    return hidden, h_n
+
+
+@kernel_op("rnn_layer_backward")
+def rnn_layer_backward_op(d_output: Tensor, dh_n: Tensor, x: Tensor, hidden: Tensor, lengths: Optional[Tensor],
+                          nonlinearity: str, needs: list[bool], w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                          b_hh: Optional[Tensor], w_ih_reverse: Optional[Tensor], w_hh_reverse: Optional[Tensor],
+                          b_ih_reverse: Optional[Tensor], b_hh_reverse: Optional[Tensor]) -> list[Tensor]:
+    """[dx, dh0, then the gradient of each weight argument] (BPTT); ``needs`` is (x, h0, weights), and
+    what was not asked for, or has no weight, is `absent`."""
+    weights = _by_direction([w_ih, w_hh, b_ih, b_hh, w_ih_reverse, w_hh_reverse, b_ih_reverse, b_hh_reverse])
+    dx, dh0, grads = K.backward(d_output, dh_n, x, hidden, weights, nonlinearity, lengths, need_x=needs[0],
+                                need_h0=needs[1], need_weights=needs[2])
+    flat = [g for direction in grads for g in direction] if needs[2] else []
+    if len(weights) == 2:
+        # Both directions' dW_ih and db come from one matmul, as slices of it; an op's outputs
+        # may not be views of one another, so each direction gets its own (weight-sized) copy.
+        flat = [g.clone() if g is not None else None for g in flat]
+    flat += [None] * (_LAYER_WEIGHTS - len(flat))
+    return [g if g is not None else absent(x) for g in (dx, dh0, *flat)]
+
+
+def _by_direction(weights):
+    """(w_ih, w_hh, b_ih, b_hh) per direction present, from the layer op's eight weight arguments."""
+    return [tuple(weights[first:first + 4]) for first in (0, 4) if weights[first] is not None]
+
+
+def _layer_setup_context(ctx, inputs, output):
+    x, h0, lengths, nonlinearity, *weights = inputs
+    hidden, _ = output
+    ctx.save_for_backward(x, hidden, lengths, *weights)
+    ctx.nonlinearity = nonlinearity
+
+
+def _layer_backward(ctx, d_hidden, dh_n):
+    _checks.refuse_double_backward(OP)
+    x, hidden, lengths, *weights = ctx.saved_tensors
+    need_x, need_h0 = ctx.needs_input_grad[:2]
+    need_weights = any(ctx.needs_input_grad[4:])
+    d_output = d_hidden[1:x.shape[0] + 1]
+    grads = call(rnn_layer_backward_op, d_output, dh_n, x, hidden, lengths, ctx.nonlinearity,
+                 [need_x, need_h0, need_weights], *weights)
+    weight_grads = wanted(grads[2:], [need_weights and w is not None for w in weights])
+    return (*wanted(grads[:2], (need_x, need_h0)), None, None, *weight_grads)
+
+
+differentiable(rnn_layer_op, setup_context=_layer_setup_context, backward=_layer_backward)
+not_differentiable(rnn_layer_backward_op, explanation="double backward is not supported: the BPTT kernels' "
+                   "backward is not itself differentiable")
+
+
+def _rnn_layer(x, h0, lengths, nonlinearity, weights):
+    """(output (T, B, D*H), h_n (D, B, H)) of one layer; `weights` as torch's _flat_weights has them
+    for this layer: per direction w_ih, w_hh, then b_ih, b_hh when there is a bias."""
+    per = len(weights) // h0.shape[0]
+    arguments = []
+    for first in (0, per):
+        direction = list(weights[first:first + per]) if first < len(weights) else []
+        arguments += direction + [None] * (4 - len(direction))
+    hidden, h_n = call(rnn_layer_op, x, h0, lengths, nonlinearity, *arguments)
+    return hidden[1:x.shape[0] + 1], h_n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,18 +296,16 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     else:
         h = hx.unsqueeze(0) if unbatched else hx
     with torch.autocast(input.device.type, enabled=False):
-        y = RNNCellFn.apply(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+        y = call(rnn_cell_op, x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
     return y.squeeze(0) if unbatched else y
 
 
 def _time_major(x):
     # The kernels flatten (T, B) into the rows of one matmul: a time-major view does so in place;
     # a batch-first input, seen through a transpose, is copied once here.
-    try:
-        x.view(-1, x.shape[-1])
-        return x
-    except RuntimeError:
-        return x.contiguous()
+    steps, batch = x.shape[:2]
+    rows_merge = steps <= 1 or batch <= 1 or x.stride(0) == batch * x.stride(1)
+    return x if rows_merge else x.contiguous()
 
 
 def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, batch_first=False, dropout=0.0,
@@ -289,8 +355,7 @@ def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, bat
             if layer > 0 and dropout > 0:
                 x = dropout_fn(x, dropout, training)
             layer_weights = weights[layer * per_layer:(layer + 1) * per_layer]
-            x, h_layer = RNNLayerFn.apply(x, hx[layer * D:(layer + 1) * D], device_lengths, nonlinearity, D,
-                                          *layer_weights)
+            x, h_layer = _rnn_layer(x, hx[layer * D:(layer + 1) * D], device_lengths, nonlinearity, layer_weights)
             h_n.append(h_layer)
     h_n = h_n[0] if num_layers == 1 else torch.cat(h_n)
 
@@ -318,6 +383,15 @@ class RNNCell(torch.nn.RNNCell):
 
 class RNN(torch.nn.RNN):
     """Drop-in `torch.nn.RNN`: every constructor option, PackedSequence input, torch's state_dict."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Dynamo refuses to trace any instance of torch.nn.RNN, GRU or LSTM unless allow_rnn is
+        # set (torch's own forward calls the fused cuDNN entry point, which it cannot trace); this
+        # subclass's forward is our traceable ops, so a model that holds one is made compilable.
+        # The switch is global: torch's own RNN modules are then traced too ("experimental" in
+        # torch), where they would otherwise break the graph.
+        torch._dynamo.config.allow_rnn = True
 
     def forward(self, input, hx=None):
         weights = [getattr(self, name) for name in self._flat_weights_names]

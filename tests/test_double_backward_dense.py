@@ -88,7 +88,7 @@ def test_linear_gradient_penalty_on_empty_shapes_matches_torch(device, shape, ou
 
 
 def test_linear_third_order_gradient_matches_torch(device):
-    # Every order runs on LinearFn again: differentiate the penalty's gradient once more.
+    # Every order runs on the linear op again: differentiate the penalty's gradient once more.
     x, w, b = (t.detach() for t in linear_inputs(device, (3, 4), 2))
 
     def third(fn):
@@ -104,18 +104,21 @@ def test_linear_third_order_gradient_matches_torch(device):
 
 
 def test_linear_first_order_backward_keeps_the_fast_kernels(device, monkeypatch):
-    # Without create_graph the backward must not recompute anything: one forward launch only.
+    # Without create_graph the backward must not recompute the pre-activation: the forward kernel
+    # runs once for y, and once more for dx = dz @ W (the linear of dz with W^T, no activation).
     calls = []
     forward = linear_kernels.forward
 
-    def spy(*args, **kwargs):
-        calls.append(1)
-        return forward(*args, **kwargs)
+    def spy(x, weight, bias=None, activation=None):
+        calls.append((tuple(x.shape), tuple(weight.shape), bias is not None, activation))
+        return forward(x, weight, bias, activation)
 
     monkeypatch.setattr(linear_kernels, "forward", spy)
     x, w, b = linear_inputs(device)
     linear(x, w, b, activation="gelu").sum().backward()
-    assert len(calls) == 1
+    rows = x.numel() // x.shape[-1]
+    assert calls == [((rows, w.shape[1]), tuple(w.shape), True, "gelu"),
+                     ((rows, w.shape[0]), (w.shape[1], w.shape[0]), False, None)]
     assert x.grad is not None and w.grad is not None and b.grad is not None
 
 
@@ -224,14 +227,17 @@ def test_dropout_double_backward_applies_the_forward_mask_to_any_order(device):
 
 
 def test_dropout_first_order_backward_keeps_the_kernel(device, monkeypatch):
+    # Dropout's backward is its forward kernel applied to dy with the same seed.
     calls = []
-    backward = dropout_kernels.backward
+    forward = dropout_kernels.forward
 
     def spy(*args, **kwargs):
         calls.append(1)
-        return backward(*args, **kwargs)
+        return forward(*args, **kwargs)
 
-    monkeypatch.setattr(dropout_kernels, "backward", spy)
-    x = away_from_zero((3, 4), device).float()
-    dropout(x, 0.5).sum().backward()
+    monkeypatch.setattr(dropout_kernels, "forward", spy)
+    x = away_from_zero((3, 4), device).float().requires_grad_()
+    y = dropout(x, 0.5)
     assert calls == [1]
+    y.sum().backward()
+    assert calls == [1, 1]

@@ -1,0 +1,120 @@
+"""The one place where tritonprop's kernels become torch operators.
+
+Every kernel launch that autograd sees is a custom op in the ``tritonprop::`` namespace,
+registered here with `torch.library`:
+
+- its real implementation is an annotated wrapper around a launch function in `kernels/`;
+- its fake (meta) implementation is that same wrapper run on fake tensors inside
+  `kernels._common.allocations_only`, which skips every launch. The fake therefore allocates
+  exactly what the kernel path allocates (shape, dtype, strides) and cannot drift from it;
+- its autograd is ``register_autograd(backward, setup_context=...)``, in the setup_context form.
+
+Why these choices, checked with torch 2.13 and Triton 3.6 on the CPU:
+
+- ``torch.library.custom_op`` makes each op one opaque node to dynamo, AOTAutograd and
+  torch.export, so ``torch.compile(fullgraph=True)`` never traces into Triton's interpreter
+  (which fails on fake tensors). ``torch.library.triton_op`` with ``wrap_triton`` would let
+  inductor see the kernels themselves, but under the interpreter dynamo then runs the kernel on
+  fake tensors and fails; on CUDA it is unproven here (no GPU was available), so it is not used.
+- ``register_autograd`` refuses an op that mutates an input ("Cannot register autograd formula
+  for non-functional operator"). So every op here is functional: batch_norm returns the
+  updated running statistics and its functional writes them back; in-place ReLU and dropout
+  compute out of place and copy.
+- The autograd.Function that ``custom_op`` generates is of the old ``forward(ctx, ...)`` form,
+  which torch.func refuses ("must override the setup_context staticmethod"). So each op also
+  gets an autograd.Function of the setup_context form, built from the same ``setup_context`` and
+  ``backward``, with ``generate_vmap_rule``; `call` uses it inside a torch.func transform only.
+  Outside one (eager, torch.compile, torch.export) `call` runs the op itself, so that graphs hold
+  one node per op and autograd uses the registered formula.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from tritonprop.kernels._common import allocations_only
+
+NAMESPACE = "tritonprop"
+
+# op -> its setup_context-form autograd.Function, used inside torch.func transforms.
+_FUNCTIONS: dict = {}
+# The ops whose own gradient raises (`not_differentiable`).
+NOT_DIFFERENTIABLE: set = set()
+
+
+def kernel_op(name: str) -> Callable:
+    """Decorator: register an annotated wrapper of launch functions as the op ``tritonprop::<name>``.
+
+    The wrapper takes tensors and plain values (its annotations are the op's schema) and returns
+    new tensors only, never an input or a view of one, and never None: an output that was not
+    asked for is `absent` (a 0-element tensor). Its fake implementation is the wrapper itself
+    with every kernel launch skipped.
+    """
+
+    def register(wrapper):
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", wrapper, mutates_args=())
+
+        def fake(*args, **kwargs):
+            with allocations_only():
+                return wrapper(*args, **kwargs)
+
+        op.register_fake(fake)
+        return op
+
+    return register
+
+
+def absent(like: torch.Tensor) -> torch.Tensor:
+    """The stand-in for an output that was not asked for (a custom op cannot return None)."""
+    return like.new_empty(0)
+
+
+def wanted(outputs, needs):
+    """An op's outputs with those not asked for (``needs`` false) as None again."""
+    return tuple(t if need else None for t, need in zip(outputs, needs))
+
+
+def differentiable(op, *, setup_context: Callable, backward: Callable) -> None:
+    """Give ``op`` its autograd: ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)``.
+
+    ``backward`` returns one gradient per input of the op (None for non-tensors), like an
+    autograd.Function's. Inside it, grad mode is on exactly when a graph of the gradient is
+    asked for (``create_graph=True``, or any torch.func transform).
+    """
+    op.register_autograd(backward, setup_context=setup_context)
+    _FUNCTIONS[op] = type(f"{op._name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+        "generate_vmap_rule": True,
+    })
+
+
+def not_differentiable(op, *, explanation: str) -> None:
+    """For a backward kernel whose own gradient is not implemented: differentiating it raises.
+
+    It is reached only when a caller asks for a graph of a gradient that is not differentiable
+    by design (attention, RNN), or differentiates an op's raw backward directly.
+    """
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{NAMESPACE}::{op._name}: {explanation}")
+
+    differentiable(op, setup_context=setup_context, backward=backward)
+    NOT_DIFFERENTIABLE.add(op._name)
+
+
+def in_functorch_transform() -> bool:
+    """True inside torch.func.grad / vmap / jacrev / ... (outside torch.compile's tracing)."""
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def call(op, *args):
+    """Run the custom op ``op``: itself, or through its autograd.Function inside a torch.func transform."""
+    if not torch.compiler.is_compiling() and in_functorch_transform():
+        return _FUNCTIONS[op].apply(*args)
+    return op(*args)
