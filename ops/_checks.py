@@ -41,6 +41,17 @@ def check_param_dtype(op: str, name: str, param: torch.Tensor, input_dtype: torc
     raise RuntimeError(f"{op}: {name} has dtype {param.dtype}, but input is {input_dtype}; expected {allowed}")
 
 
+def check_same_dtype(op: str, input: torch.Tensor, named, message: str, error=RuntimeError) -> None:
+    """Every (name, tensor) in `named` that is not None has input's dtype.
+
+    `message` is torch's wording for the op, with ``{name}``, ``{input}`` (input's dtype) and
+    ``{other}`` (the tensor's) to fill in; `error` is the type torch raises there.
+    """
+    for name, t in named:
+        if t is not None and t.dtype != input.dtype:
+            raise error(f"{op}: " + message.format(name=name, input=input.dtype, other=t.dtype))
+
+
 def is_int_like(value) -> bool:
     """What torch's int arguments take: Python and numpy integers and integer 0-d tensors, not bool,
     float or None."""

@@ -1,4 +1,10 @@
-"""The one place where tritonprop's kernels become torch operators.
+"""The one place where tritonprop's kernels become torch operators, and the one path every functional takes to them.
+
+Every functional checks its own arguments and then calls `dispatch`, which runs the same steps
+in the same order for every op:
+
+    validate (the functional) -> autocast (the registry's policy) -> the dtype checks torch makes
+    after its cast -> backend choice (the naive reference, or) -> device check -> the custom op
 
 Every kernel launch that autograd sees is a custom op in the ``tritonprop::`` namespace,
 registered here with `torch.library`:
@@ -33,6 +39,7 @@ from typing import Callable
 
 import torch
 
+from tritonprop import backend, registry
 from tritonprop.kernels._common import allocations_only
 
 NAMESPACE = "tritonprop"
@@ -41,6 +48,10 @@ NAMESPACE = "tritonprop"
 _FUNCTIONS: dict = {}
 # The ops whose own gradient raises (`not_differentiable`).
 NOT_DIFFERENTIABLE: set = set()
+# Each registry op's autocast cast (None: none) and reference, resolved once, here: dispatch also
+# runs inside torch.compile's tracing, which cannot import.
+AUTOCAST_CASTS = {name: registry.autocast_cast(registry.autocast_policy(name)) for name in registry.OPS}
+REFERENCES = {name: registry.reference(name) for name in registry.OPS}
 
 
 def kernel_op(name: str) -> Callable:
@@ -118,3 +129,30 @@ def call(op, *args):
     if not torch.compiler.is_compiling() and in_functorch_transform():
         return _FUNCTIONS[op].apply(*args)
     return op(*args)
+
+
+def dispatch(name: str, tensors: dict, *, kernels: Callable, reference: Callable, check_cast: Callable | None = None,
+             autocast: bool = True):
+    """Run op `name` (a registry entry) on its validated arguments, by the one path.
+
+    ``tensors`` are the op's tensor arguments by name (None allowed), in the order its autocast
+    policy casts them. ``check_cast(**tensors)`` makes the dtype checks that torch makes after
+    its cast. Then either ``reference(naive, **tensors)`` runs, with ``naive`` the registry's
+    reference implementation (``TRITONPROP_BACKEND=reference``), or, once every tensor is on a
+    device the kernels run on, ``kernels(**tensors)``, with autocast off: the casts are done, and
+    nothing inside may be cast again. ``autocast=False`` skips the cast (log_softmax's ``dtype``
+    argument overrides autocast, as in torch).
+    """
+    names, values = list(tensors), list(tensors.values())
+    device_type = next(t.device.type for t in values if t is not None)
+    cast = AUTOCAST_CASTS[name] if autocast else None
+    if cast is not None:
+        values = cast(device_type, values)
+    tensors = dict(zip(names, values))
+    if check_cast is not None:
+        check_cast(**tensors)
+    if backend.use_reference():
+        return reference(REFERENCES[name], **tensors)
+    backend.check_devices(name, **tensors)
+    with torch.autocast(device_type, enabled=False):
+        return kernels(**tensors)

@@ -11,11 +11,9 @@ import math
 import torch
 from torch import Tensor
 
-from tritonprop import backend
 from tritonprop.kernels import elementwise as K
 from tritonprop.ops import _checks
-from tritonprop.ops._library import call, differentiable, kernel_op, not_differentiable
-from tritonprop.ops.reference import activations as reference
+from tritonprop.ops._library import call, differentiable, dispatch, kernel_op, not_differentiable
 
 GELU_APPROXIMATIONS = {"none": "gelu", "tanh": "gelu_tanh"}
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -135,12 +133,15 @@ def _check_input(op: str, input) -> None:
 def relu(input, inplace=False):
     """`torch.nn.functional.relu`, computed by a Triton kernel; ``inplace=True`` overwrites input."""
     _check_input("relu", input)
-    if backend.use_reference():
-        return reference.relu(input, inplace)
-    backend.check_devices("relu", input=input)
-    if inplace:
-        check_in_place_target("relu", input)
-    return apply_activation(input, "relu", bool(inplace))
+    inplace = bool(inplace)
+
+    def kernels(input):
+        if inplace:
+            check_in_place_target("relu", input)
+        return apply_activation(input, "relu", inplace)
+
+    return dispatch("relu", dict(input=input), kernels=kernels,
+                    reference=lambda naive, input: naive(input, inplace))
 
 
 def gelu(input, approximate="none"):
@@ -151,10 +152,9 @@ def gelu(input, approximate="none"):
         # The same error, and type, as torch.nn.functional.gelu.
         raise RuntimeError(f"gelu: approximate argument must be either none or tanh, got {approximate!r}")
     _check_input("gelu", input)
-    if backend.use_reference():
-        return reference.gelu(input, approximate)
-    backend.check_devices("gelu", input=input)
-    return apply_activation(input, GELU_APPROXIMATIONS[approximate], False)
+    return dispatch("gelu", dict(input=input),
+                    kernels=lambda input: apply_activation(input, GELU_APPROXIMATIONS[approximate], False),
+                    reference=lambda naive, input: naive(input, approximate))
 
 
 class ReLU(torch.nn.ReLU):

@@ -34,8 +34,7 @@ from torch import Tensor
 from tritonprop import backend
 from tritonprop.kernels import attention as K
 from tritonprop.ops import _checks
-from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable
-from tritonprop.ops._autocast import cast_to_lower_precision
+from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable
 from tritonprop.ops.dropout import dropout
 from tritonprop.ops.linear import linear
 from tritonprop.ops.reference import attention as reference
@@ -209,21 +208,21 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
                                  enable_gqa=False):
     """`torch.nn.functional.scaled_dot_product_attention`, computed by fused Triton kernels."""
     scale = _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    if backend.use_reference():
-        return reference.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                                                      enable_gqa)
-    backend.check_devices(OP, query=query, key=key, value=value, attn_mask=attn_mask)
-    query, key, value = _broadcast(query, key, value, enable_gqa)
-    scores = (*query.shape[:-1], key.shape[-2])
-    if attn_mask is not None:
-        _check_mask_shape(attn_mask, scores)
-    query, key, value, attn_mask = cast_to_lower_precision(query.device.type, [query, key, value, attn_mask])
-    mask = None
-    if attn_mask is not None:
-        # Expanded first, so that merging the leading dims is a view for every mask of <= 4 dims.
-        mask = _as_4d(attn_mask.expand(scores))
-    out = _attention(_as_4d(query), _as_4d(key), _as_4d(value), mask, dropout_p, is_causal, scale)
-    return out.reshape(*query.shape[:-1], value.shape[-1])
+
+    def kernels(query, key, value, attn_mask):
+        query, key, value = _broadcast(query, key, value, enable_gqa)
+        scores = (*query.shape[:-1], key.shape[-2])
+        mask = None
+        if attn_mask is not None:
+            _check_mask_shape(attn_mask, scores)
+            # Expanded first, so that merging the leading dims is a view for every mask of <= 4 dims.
+            mask = _as_4d(attn_mask.expand(scores))
+        out = _attention(_as_4d(query), _as_4d(key), _as_4d(value), mask, dropout_p, is_causal, scale)
+        return out.reshape(*query.shape[:-1], value.shape[-1])
+
+    return dispatch(OP, dict(query=query, key=key, value=value, attn_mask=attn_mask), kernels=kernels,
+                    reference=lambda naive, **tensors: naive(**tensors, dropout_p=dropout_p, is_causal=is_causal,
+                                                             scale=scale, enable_gqa=enable_gqa))
 
 
 # ----------------------------------------------------------------------------------------------

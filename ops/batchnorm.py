@@ -12,13 +12,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tritonprop import backend
 from tritonprop.kernels import batchnorm as K
 from tritonprop.kernels.elementwise import has_internal_overlap
 from tritonprop.ops import _checks
-from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
+from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable, wanted
 from tritonprop.ops.activations import activation_grad
-from tritonprop.ops.reference import batchnorm as reference
 
 OP = "batch_norm"
 
@@ -176,22 +174,24 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if eps < 0:
         raise ValueError(f"{OP}: eps must be non-negative, but got {eps}")
     channels = _validate(input, running_mean, running_var, weight, bias, training)
-    if backend.use_reference():
-        return reference.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                                    fuse_relu=fuse_relu)
-    backend.check_devices(OP, input=input, running_mean=running_mean, running_var=running_var,
-                          weight=weight, bias=bias)
-    # torch takes any parameter shape with one element per channel; the kernels take a vector.
-    weight = weight.reshape(channels) if weight is not None else None
-    bias = bias.reshape(channels) if bias is not None else None
-    x = input if input.dim() > 1 else input.reshape(0, 0)
-    y, _, _, new_mean, new_var = call(batch_norm_op, x, weight, bias, running_mean, running_var, training, momentum,
-                                      eps, bool(fuse_relu))
-    if training and running_mean is not None:
-        with torch.no_grad():
-            running_mean.copy_(new_mean)
-            running_var.copy_(new_var)
-    return y if input.dim() > 1 else y.reshape(input.shape)
+
+    def kernels(input, running_mean, running_var, weight, bias):
+        # torch takes any parameter shape with one element per channel; the kernels take a vector.
+        weight = weight.reshape(channels) if weight is not None else None
+        bias = bias.reshape(channels) if bias is not None else None
+        x = input if input.dim() > 1 else input.reshape(0, 0)
+        y, _, _, new_mean, new_var = call(batch_norm_op, x, weight, bias, running_mean, running_var, training,
+                                          momentum, eps, bool(fuse_relu))
+        if training and running_mean is not None:
+            with torch.no_grad():
+                running_mean.copy_(new_mean)
+                running_var.copy_(new_var)
+        return y if input.dim() > 1 else y.reshape(input.shape)
+
+    return dispatch(OP, dict(input=input, running_mean=running_mean, running_var=running_var, weight=weight,
+                             bias=bias), kernels=kernels,
+                    reference=lambda naive, **tensors: naive(**tensors, training=training, momentum=momentum,
+                                                             eps=eps, fuse_relu=fuse_relu))
 
 
 class _TritonBatchNorm:

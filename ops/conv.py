@@ -12,11 +12,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tritonprop import backend
 from tritonprop.kernels import conv2d as K
 from tritonprop.ops import _checks
-from tritonprop.ops._autocast import cast_to_lower_precision
-from tritonprop.ops._library import absent, call, differentiable, kernel_op, wanted
+from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, wanted
 from tritonprop.ops.activations import activation_backward_op, activation_grad
 from tritonprop.ops.reference import conv2d as reference
 
@@ -197,30 +195,15 @@ def _validate(input, weight, bias, groups):
 
 def _check_dtypes(input, weight, bias):
     # After autocast's cast, as torch checks them: a bf16 activation meets fp32 weights under autocast.
-    # torch raises RuntimeError for a dtype mismatch, so do we.
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != input.dtype:
-            raise RuntimeError(f"{OP}: input dtype {input.dtype} and {name} dtype {t.dtype} should be the same")
+    _checks.check_same_dtype(OP, input, (("weight", weight), ("bias", bias)),
+                             "input dtype {input} and {name} dtype {other} should be the same")
     if not input.is_floating_point():
         # torch convolves integer tensors too; these kernels compute in floating point only.
         raise NotImplementedError(f"{OP}: input of dtype {input.dtype} is not supported; tritonprop's {OP} "
                                   "takes floating-point tensors")
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
-    """`torch.nn.functional.conv2d`, computed by Triton kernels; optionally ``activation(conv + bias)``."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"{OP}: activation must be one of None, 'relu', 'gelu', got {activation!r}")
-    groups = _validate(input, weight, bias, groups)
-    stride = _int_pair("stride", stride)
-    dilation = _int_pair("dilation", dilation)
-    if not isinstance(padding, str):
-        padding = _int_pair("padding", padding)
-    input, weight, bias = cast_to_lower_precision(input.device.type, [input, weight, bias])
-    _check_dtypes(input, weight, bias)
-    if backend.use_reference():
-        return reference.conv2d_unfold(input, weight, bias, stride, padding, dilation, groups, activation=activation)
-    backend.check_devices(OP, input=input, weight=weight, bias=bias)
+def _conv2d_kernels(input, weight, bias, stride, padding, dilation, groups, activation):
     geometry = reference.conv2d_geometry(input.shape, weight.shape, stride, padding, dilation)
     # The kernels take the top/left padding; bottom/right follow from the output size.
     pad_top, _, pad_left, _ = geometry.padding
@@ -233,10 +216,25 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
         zero = x.sum() * 0 + weight.sum() * 0 + (bias.sum() * 0 if bias is not None else 0)
         y = zero.expand(x.shape[0], 0, *geometry.output_size)
         return y.squeeze(0) if unbatched else y
-    with torch.autocast(input.device.type, enabled=False):
-        y = call(conv2d_op, x, weight, bias, list(geometry.stride), [pad_top, pad_left], list(geometry.dilation),
-                 groups, list(geometry.output_size), activation)[0]
+    y = call(conv2d_op, x, weight, bias, list(geometry.stride), [pad_top, pad_left], list(geometry.dilation),
+             groups, list(geometry.output_size), activation)[0]
     return y.squeeze(0) if unbatched else y
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, activation=None):
+    """`torch.nn.functional.conv2d`, computed by Triton kernels; optionally ``activation(conv + bias)``."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{OP}: activation must be one of None, 'relu', 'gelu', got {activation!r}")
+    groups = _validate(input, weight, bias, groups)
+    stride = _int_pair("stride", stride)
+    dilation = _int_pair("dilation", dilation)
+    if not isinstance(padding, str):
+        padding = _int_pair("padding", padding)
+    geometry = (stride, padding, dilation, groups)
+    return dispatch(OP, dict(input=input, weight=weight, bias=bias), check_cast=_check_dtypes,
+                    kernels=lambda input, weight, bias: _conv2d_kernels(input, weight, bias, *geometry, activation),
+                    reference=lambda naive, input, weight, bias: naive(input, weight, bias, *geometry,
+                                                                       activation=activation))
 
 
 class Conv2d(torch.nn.Conv2d):

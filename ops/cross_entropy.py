@@ -22,12 +22,9 @@ import torch
 from torch import Tensor
 from torch.nn import _reduction
 
-from tritonprop import backend
 from tritonprop.kernels import cross_entropy as K
 from tritonprop.ops import _checks
-from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
-from tritonprop.ops._autocast import cast_to_float32, cast_to_float32_on_cuda
-from tritonprop.ops.reference import cross_entropy as reference
+from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable, wanted
 
 
 def _log_softmax_vjp(logp, dlogp, dim):
@@ -337,20 +334,17 @@ def _check_target_range(op, target, classes, ignore_index):
         raise IndexError(f"{op}: Target {int(target[out_of_range][0])} is out of bounds.")
 
 
-def _loss_arguments(op, input, target, weight, ignore_index):
-    """Validate class-index losses; returns (input, target, weight, unbatched) with autocast applied.
-
-    The kernels index `weight` by class as a dense vector, so a strided or expanded weight is
-    copied here (C elements, negligible beside the logits).
-    """
+def _check_loss_arguments(op, input, target, weight, ignore_index):
+    """Class-index losses: the checks torch makes before its autocast cast."""
     _check_floating_input(op, input)
     _check_target(op, input, target)
     _check_ignore_index(op, ignore_index)
     if weight is not None:
         _checks.check_tensor(op, "weight", weight)
-    if not backend.use_reference():
-        backend.check_devices(op, input=input, target=target, weight=weight)
-    input, weight = cast_to_float32(input.device.type, [input, weight])
+
+
+def _check_cast_loss_arguments(op, input, target, weight, ignore_index):
+    """Class-index losses: the checks torch makes after its cast (the weight's dtype, the targets' range)."""
     if weight is not None:
         _check_weight_size(op, input, weight)
         if weight.dtype != input.dtype:
@@ -360,7 +354,15 @@ def _loss_arguments(op, input, target, weight, ignore_index):
             raise RuntimeError(f"{op} is not differentiable with respect to weight; it must not require grad")
     classes = input.shape[0] if input.dim() == 1 else input.shape[1]
     _check_target_range(op, target, classes, ignore_index)
-    return input, target, weight if weight is None else weight.contiguous(), input.dim() == 1
+
+
+def _class_index_loss(loss_op, input, target, weight, options):
+    """Run `loss_op` on a batch: an unbatched (C,) input is one row. The kernels index `weight` by
+    class as a dense vector, so a strided or expanded weight is copied (C elements)."""
+    unbatched = input.dim() == 1
+    rows, target = (input.unsqueeze(0), target.reshape(1)) if unbatched else (input, target)
+    loss = call(loss_op, rows, target, None if weight is None else weight.contiguous(), *options)[0]
+    return loss.reshape(()) if unbatched else loss
 
 
 def _as_input_dtype(op, name, t, input):
@@ -389,24 +391,29 @@ def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction,
         raise IndexError(f"{op}: Dimension specified as 1 but tensor has no dimensions (input is 0-dim)")
     if weight is not None:
         _checks.check_tensor(op, "weight", weight)
-    if not backend.use_reference():
-        backend.check_devices(op, input=input, target=target, weight=weight)
-    input, target, weight = cast_to_float32(input.device.type, [input, target, weight])
-    if weight is not None:
-        _check_weight_size(op, input, weight)
-        if weight.requires_grad:
-            raise NotImplementedError(f"{op}: the gradient with respect to weight (probability targets) is not "
-                                      "implemented; weight must not require grad")
-    target = _as_input_dtype(op, "target", target, input)
-    weight = _as_input_dtype(op, "weight", weight, input)
-    if backend.use_reference():
-        return reference.cross_entropy(input, target, weight, reduction=reduction, label_smoothing=label_smoothing)
-    unbatched = input.dim() == 1
-    logits, target = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
-    with torch.autocast(input.device.type, enabled=False):
+
+    def in_input_dtype(input, target, weight):
+        return input, _as_input_dtype(op, "target", target, input), _as_input_dtype(op, "weight", weight, input)
+
+    def check_cast(input, target, weight):
+        if weight is not None:
+            _check_weight_size(op, input, weight)
+            if weight.requires_grad:
+                raise NotImplementedError(f"{op}: the gradient with respect to weight (probability targets) is not "
+                                          "implemented; weight must not require grad")
+        in_input_dtype(input, target, weight)
+
+    def kernels(input, target, weight):
+        input, target, weight = in_input_dtype(input, target, weight)
+        unbatched = input.dim() == 1
+        logits, target = (input.unsqueeze(0), target.unsqueeze(0)) if unbatched else (input, target)
         loss = call(cross_entropy_probs_op, logits, target, None if weight is None else weight.contiguous(),
                     reduction, label_smoothing)[0]
-    return loss.reshape(()) if unbatched else loss
+        return loss.reshape(()) if unbatched else loss
+
+    return dispatch(op, dict(input=input, target=target, weight=weight), check_cast=check_cast, kernels=kernels,
+                    reference=lambda naive, **tensors: naive(*in_input_dtype(**tensors), reduction=reduction,
+                                                             label_smoothing=label_smoothing))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -424,15 +431,14 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     _checks.check_tensor(op, "target", target)
     if target.shape == input.shape:
         return _cross_entropy_probabilities(input, target, weight, ignore_index, reduction, label_smoothing)
-    input, target, weight, unbatched = _loss_arguments(op, input, target, weight, ignore_index)
+    _check_loss_arguments(op, input, target, weight, ignore_index)
     ignore_index = int(ignore_index)
-    if backend.use_reference():
-        return reference.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=reduction,
-                                       label_smoothing=label_smoothing)
-    logits, target = (input.unsqueeze(0), target.reshape(1)) if unbatched else (input, target)
-    with torch.autocast(input.device.type, enabled=False):
-        loss = call(cross_entropy_op, logits, target, weight, reduction, ignore_index, label_smoothing)[0]
-    return loss.reshape(()) if unbatched else loss
+    return dispatch(op, dict(input=input, target=target, weight=weight),
+                    check_cast=lambda **t: _check_cast_loss_arguments(op, **t, ignore_index=ignore_index),
+                    kernels=lambda **t: _class_index_loss(cross_entropy_op, **t, options=(reduction, ignore_index,
+                                                                                          label_smoothing)),
+                    reference=lambda naive, **t: naive(**t, ignore_index=ignore_index, reduction=reduction,
+                                                       label_smoothing=label_smoothing))
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
@@ -441,14 +447,12 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
     reduction = _resolve_reduction(op, size_average, reduce, reduction)
     _checks.check_tensor(op, "input", input)
     _checks.check_tensor(op, "target", target)
-    input, target, weight, unbatched = _loss_arguments(op, input, target, weight, ignore_index)
+    _check_loss_arguments(op, input, target, weight, ignore_index)
     ignore_index = int(ignore_index)
-    if backend.use_reference():
-        return reference.nll_loss(input, target, weight, ignore_index=ignore_index, reduction=reduction)
-    log_probs, target = (input.unsqueeze(0), target.reshape(1)) if unbatched else (input, target)
-    with torch.autocast(input.device.type, enabled=False):
-        loss = call(nll_loss_op, log_probs, target, weight, reduction, ignore_index)[0]
-    return loss.reshape(()) if unbatched else loss
+    return dispatch(op, dict(input=input, target=target, weight=weight),
+                    check_cast=lambda **t: _check_cast_loss_arguments(op, **t, ignore_index=ignore_index),
+                    kernels=lambda **t: _class_index_loss(nll_loss_op, **t, options=(reduction, ignore_index)),
+                    reference=lambda naive, **t: naive(**t, ignore_index=ignore_index, reduction=reduction))
 
 
 def _implicit_softmax_dim(ndim, stacklevel):
@@ -471,19 +475,20 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
         raise IndexError(f"{op}: Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], "
                          f"but got {dim})")
     if dtype is not None:
+        # A requested dtype overrides autocast, as in torch (which runs log_softmax in float32 on
+        # CUDA under autocast, and leaves it alone on the CPU).
         input = input.to(dtype)
-    else:
-        # Autocast runs log_softmax in float32 on CUDA; CPU autocast leaves it alone.
-        (input,) = cast_to_float32_on_cuda(input.device.type, [input])
-    _check_floating_input(op, input)
-    if backend.use_reference():
-        return reference.log_softmax(input, dim)
-    backend.check_devices(op, input=input)
-    # A 0-dim tensor is one row of one class.
-    x = input.reshape(1) if input.dim() == 0 else input
-    with torch.autocast(input.device.type, enabled=False):
-        y = call(log_softmax_op, x, dim % x.dim())[0]
-    return y.reshape(()) if input.dim() == 0 else y
+    dim = dim % max(input.dim(), 1)
+
+    def kernels(input):
+        # A 0-dim tensor is one row of one class.
+        x = input.reshape(1) if input.dim() == 0 else input
+        y = call(log_softmax_op, x, dim)[0]
+        return y.reshape(()) if input.dim() == 0 else y
+
+    return dispatch(op, dict(input=input), autocast=dtype is None,
+                    check_cast=lambda input: _check_floating_input(op, input), kernels=kernels,
+                    reference=lambda naive, input: naive(input, dim))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tritonprop import backend
 from tritonprop.kernels import dropout as K
 from tritonprop.ops import _checks
-from tritonprop.ops._library import call, differentiable, kernel_op
+from tritonprop.ops._library import call, differentiable, dispatch, kernel_op
 from tritonprop.ops.activations import check_in_place_target
 from tritonprop.ops.reference import dropout as reference
 
@@ -87,14 +86,16 @@ def dropout(input, p=0.5, training=True, inplace=False):
     if not training or p == 0 or input.numel() == 0:
         return input
     _check_dtype(input, p)
-    if backend.use_reference():
-        return reference.dropout(input, p, training, inplace)
-    backend.check_devices(OP, input=input)
-    if inplace:
-        check_in_place_target(OP, input)
-    output = call(dropout_op, input, reference.draw_seed(input.device), p)
-    # In place: computed out of place and copied, as ops.activations.apply_activation explains.
-    return input.copy_(output) if inplace else output
+
+    def kernels(input):
+        if inplace:
+            check_in_place_target(OP, input)
+        output = call(dropout_op, input, reference.draw_seed(input.device), p)
+        # In place: computed out of place and copied, as ops.activations.apply_activation explains.
+        return input.copy_(output) if inplace else output
+
+    return dispatch(OP, dict(input=input), kernels=kernels,
+                    reference=lambda naive, input: naive(input, p, training, inplace))
 
 
 class Dropout(torch.nn.Dropout):

@@ -11,12 +11,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tritonprop import backend
 from tritonprop.kernels import layernorm as K
 from tritonprop.ops import _checks
-from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
-from tritonprop.ops._autocast import cast_to_float32_on_cuda
-from tritonprop.ops.reference import layernorm as reference
+from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable, wanted
 
 OP = "layer_norm"
 
@@ -134,13 +131,13 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):
     normalized_shape = _normalized_shape(normalized_shape)
     _checks.check_tensor(OP, "input", input)
     eps = _checks.real_number(OP, "eps", eps)
-    # Cast first, as torch does: under CUDA autocast, float32 input with half weights is valid.
-    input, weight, bias = cast_to_float32_on_cuda(input.device.type, [input, weight, bias])
-    _validate(input, normalized_shape, weight, bias)
-    if backend.use_reference():
-        return reference.layer_norm(input, normalized_shape, weight, bias, eps)
-    backend.check_devices(OP, input=input, weight=weight, bias=bias)
-    return call(layer_norm_op, input, weight, bias, len(normalized_shape), eps)[0]
+    # The shapes and dtypes are checked after the cast, as torch does: under CUDA autocast,
+    # float32 input with half weights is valid.
+    return dispatch(OP, dict(input=input, weight=weight, bias=bias),
+                    check_cast=lambda input, weight, bias: _validate(input, normalized_shape, weight, bias),
+                    kernels=lambda input, weight, bias: call(layer_norm_op, input, weight, bias,
+                                                             len(normalized_shape), eps)[0],
+                    reference=lambda naive, input, weight, bias: naive(input, normalized_shape, weight, bias, eps))
 
 
 class LayerNorm(torch.nn.LayerNorm):

@@ -12,13 +12,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from tritonprop import backend
 from tritonprop.kernels import linear as K
 from tritonprop.ops import _checks
-from tritonprop.ops._autocast import cast_to_lower_precision
-from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
+from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable, wanted
 from tritonprop.ops.activations import activation_backward_op, activation_grad
-from tritonprop.ops.reference import linear as reference
 
 OP = "linear"
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
@@ -158,10 +155,23 @@ def _validate_matrix_vector(input, weight, bias):
 
 def _check_dtypes(input, weight, bias):
     # After autocast's cast, as torch checks them.
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != input.dtype:
-            raise RuntimeError(f"{OP}: expected input and {name} to have the same dtype, "
-                               f"but got: {input.dtype} != {t.dtype}")
+    _checks.check_same_dtype(OP, input, (("weight", weight), ("bias", bias)),
+                             "expected input and {name} to have the same dtype, but got: {input} != {other}")
+
+
+def _linear_kernels(input, weight, bias, activation):
+    out_features, in_features = weight.shape
+    if bias is not None and bias.shape != (out_features,):
+        # A stride-0 view: the kernel reads the bias by its stride.
+        bias = bias.expand(out_features)
+    leading = input.shape[:-1]
+    # The kernels read x through its two strides, so a 2-D input of any strides is used as it
+    # is. reshape is a view whenever the leading dims merge into one row stride; it copies only
+    # when they cannot (permuted leading dims, or a slice of a middle dim), because the kernel
+    # addresses rows by one stride.
+    x = input.reshape(math.prod(leading), in_features)
+    y = call(linear_op, x, weight, bias, activation)[0]
+    return y.reshape(*leading, out_features)
 
 
 def linear(input, weight, bias=None, *, activation=None):
@@ -173,24 +183,9 @@ def linear(input, weight, bias=None, *, activation=None):
         # torch's matrix-vector form: the linear with one output feature, without that dim.
         bias = None if bias is None else bias.reshape(1)
         return linear(input, weight.unsqueeze(0), bias, activation=activation).squeeze(-1)
-    input, weight, bias = cast_to_lower_precision(input.device.type, [input, weight, bias])
-    _check_dtypes(input, weight, bias)
-    if backend.use_reference():
-        return reference.linear(input, weight, bias, activation=activation)
-    backend.check_devices(OP, input=input, weight=weight, bias=bias)
-    out_features, in_features = weight.shape
-    if bias is not None and bias.shape != (out_features,):
-        # A stride-0 view: the kernel reads the bias by its stride.
-        bias = bias.expand(out_features)
-    leading = input.shape[:-1]
-    # The kernels read x through its two strides, so a 2-D input of any strides is used as it
-    # is. reshape is a view whenever the leading dims merge into one row stride; it copies only
-    # when they cannot (permuted leading dims, or a slice of a middle dim), because the kernel
-    # addresses rows by one stride.
-    x = input.reshape(math.prod(leading), in_features)
-    with torch.autocast(input.device.type, enabled=False):
-        y = call(linear_op, x, weight, bias, activation)[0]
-    return y.reshape(*leading, out_features)
+    return dispatch(OP, dict(input=input, weight=weight, bias=bias), check_cast=_check_dtypes,
+                    kernels=lambda input, weight, bias: _linear_kernels(input, weight, bias, activation),
+                    reference=lambda naive, input, weight, bias: naive(input, weight, bias, activation=activation))
 
 
 class Linear(torch.nn.Linear):

@@ -23,13 +23,10 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from tritonprop import backend
 from tritonprop.kernels import rnn as K
 from tritonprop.ops import _checks
-from tritonprop.ops._library import absent, call, differentiable, kernel_op, not_differentiable, wanted
-from tritonprop.ops._autocast import cast_to_lower_precision
+from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable, wanted
 from tritonprop.ops.dropout import dropout as dropout_fn
-from tritonprop.ops.reference import rnn as reference
 
 OP = "rnn"
 OP_CELL = "rnn_cell"
@@ -170,12 +167,9 @@ def _check_nonlinearity(op, nonlinearity, error=ValueError):
 
 def _check_dtypes(op, input, named, error):
     """Every tensor shares input's dtype (torch's RNNs require it), unless autocast will cast them all."""
-    if torch.is_autocast_enabled(input.device.type):
-        return
-    for name, t in named:
-        if t is not None and t.dtype != input.dtype:
-            raise error(f"{op}: input dtype ({input.dtype}) does not match {name} dtype ({t.dtype}). "
-                        f"Convert input: input.to({t.dtype}), or convert the {name}: .to({input.dtype})")
+    if not torch.is_autocast_enabled(input.device.type):
+        _checks.check_same_dtype(op, input, named, "input dtype ({input}) does not match {name} dtype ({other}). "
+                                 "Convert input: input.to({other}), or convert the {name}: .to({input})", error)
 
 
 def _validate_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity):
@@ -285,19 +279,19 @@ def rnn_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     if (b_ih is None) != (b_hh is None):
         # torch's cell takes one bias alone; the kernel adds both, so the missing one is 0.
         b_ih, b_hh = (b if b is not None else torch.zeros_like(b_ih if b_hh is None else b_hh) for b in (b_ih, b_hh))
-    if backend.use_reference():
-        return reference.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-    backend.check_devices(OP_CELL, input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    input, hx, w_ih, w_hh, b_ih, b_hh = cast_to_lower_precision(input.device.type, [input, hx, w_ih, w_hh, b_ih, b_hh])
-    unbatched = input.dim() == 1
-    x = input.unsqueeze(0) if unbatched else input
-    if hx is None:
-        h = torch.zeros((x.shape[0], w_hh.shape[0]), device=x.device, dtype=x.dtype)
-    else:
-        h = hx.unsqueeze(0) if unbatched else hx
-    with torch.autocast(input.device.type, enabled=False):
+
+    def kernels(input, hx, w_ih, w_hh, b_ih, b_hh):
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        if hx is None:
+            h = torch.zeros((x.shape[0], w_hh.shape[0]), device=x.device, dtype=x.dtype)
+        else:
+            h = hx.unsqueeze(0) if unbatched else hx
         y = call(rnn_cell_op, x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
-    return y.squeeze(0) if unbatched else y
+        return y.squeeze(0) if unbatched else y
+
+    return dispatch(OP_CELL, dict(input=input, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh), kernels=kernels,
+                    reference=lambda naive, **tensors: naive(**tensors, nonlinearity=nonlinearity))
 
 
 def _time_major(x):
@@ -314,14 +308,26 @@ def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, bat
     packed = isinstance(input, PackedSequence)
     data = input.data if packed else input
     _validate_sequence(data, packed, hx, weights, nonlinearity, num_layers, bias, dropout, bidirectional)
-    if backend.use_reference():
-        return reference.rnn(input, hx, weights, nonlinearity=nonlinearity, num_layers=num_layers, bias=bias,
-                             batch_first=batch_first, dropout=dropout, training=training, bidirectional=bidirectional)
-    backend.check_devices(OP, input=data, hx=hx, **{f"weights[{k}]": w for k, w in enumerate(weights)})
-    device_type = data.device.type
-    weights = list(weights)
-    cast = cast_to_lower_precision(device_type, [data, hx, *weights])
-    data, hx, weights = cast[0], cast[1], cast[2:]
+    weight_names = [f"weights[{k}]" for k in range(len(weights))]
+
+    def unpacked(tensors):
+        """(the input as given, packed or not, hx, weights) from dispatch's cast tensors."""
+        data = tensors["input"]
+        if packed:
+            data = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+        return data, tensors["hx"], [tensors[name] for name in weight_names]
+
+    options = dict(nonlinearity=nonlinearity, num_layers=num_layers, bias=bias, batch_first=batch_first,
+                   dropout=dropout, training=training, bidirectional=bidirectional)
+    return dispatch(OP, dict(input=data, hx=hx, **dict(zip(weight_names, weights))),
+                    kernels=lambda **tensors: _rnn_kernels(*unpacked(tensors), **options),
+                    reference=lambda naive, **tensors: naive(*unpacked(tensors), **options))
+
+
+def _rnn_kernels(input, hx, weights, *, nonlinearity, num_layers, bias, batch_first, dropout, training,
+                 bidirectional):
+    packed = isinstance(input, PackedSequence)
+    data = input.data if packed else input
     D = 2 if bidirectional else 1
     H = weights[1].shape[0]
 
@@ -350,13 +356,12 @@ def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, bat
     x = _time_major(x)
     per_layer = len(weights) // num_layers
     h_n = []
-    with torch.autocast(device_type, enabled=False):
-        for layer in range(num_layers):
-            if layer > 0 and dropout > 0:
-                x = dropout_fn(x, dropout, training)
-            layer_weights = weights[layer * per_layer:(layer + 1) * per_layer]
-            x, h_layer = _rnn_layer(x, hx[layer * D:(layer + 1) * D], device_lengths, nonlinearity, layer_weights)
-            h_n.append(h_layer)
+    for layer in range(num_layers):
+        if layer > 0 and dropout > 0:
+            x = dropout_fn(x, dropout, training)
+        layer_weights = weights[layer * per_layer:(layer + 1) * per_layer]
+        x, h_layer = _rnn_layer(x, hx[layer * D:(layer + 1) * D], device_lengths, nonlinearity, layer_weights)
+        h_n.append(h_layer)
     h_n = h_n[0] if num_layers == 1 else torch.cat(h_n)
 
     if packed:

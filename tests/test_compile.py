@@ -1,11 +1,11 @@
 """The ops as torch operators: torch.compile (fullgraph), torch.func, opcheck, checkpointing.
 
-Every public functional has one small case below (a test fails when the registry gains an op
-without one). Each case is run eagerly and compiled with ``fullgraph=True`` (so a graph break is
-an error) under aot_eager and inductor, and the loss and every gradient must agree. The custom
-ops that the cases reach, forward and backward, are recorded as they run, and each recorded call
-is checked with `torch.library.opcheck` (schema, fake implementation, autograd registration,
-AOT dispatch with dynamic shapes).
+The samples are the self-check's (tritonprop/selfcheck.py: one per registry case, so every op has
+one) plus the few variants below. Each is run eagerly and compiled with ``fullgraph=True`` (so a
+graph break is an error) under aot_eager and inductor, and the output and every gradient must
+agree. The custom ops that the samples reach, forward and backward, are recorded as they run,
+and each recorded call is checked with `torch.library.opcheck` (schema, fake implementation,
+autograd registration, AOT dispatch with dynamic shapes).
 """
 from __future__ import annotations
 
@@ -13,72 +13,59 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from tritonprop import ops, registry
+from tritonprop import ops, selfcheck
 from tritonprop.ops import _library
 
 from helpers import TOLERANCES
 
-
-def _x(*shape, requires_grad=True):
-    return torch.randn(*shape, requires_grad=requires_grad)
+CPU = torch.device("cpu")
 
 
-def _param(*shape):
-    return (torch.rand(*shape) + 0.5).requires_grad_()
+def _x(*shape):
+    return torch.randn(*shape)
 
 
-# op -> (callable of tensors returning a tensor, a builder of its tensors). Small shapes: every
-# kernel runs under the interpreter.
-CASES = {
-    "conv2d": (lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1, activation="gelu"),
-               lambda: (_x(2, 3, 5, 6).to(memory_format=torch.channels_last), _x(4, 3, 3, 3), _x(4))),
-    "batch_norm": (lambda x, w, b: ops.batch_norm(x, torch.zeros(3), torch.ones(3), w, b, training=True),
-                   lambda: (_x(4, 3, 2, 3), _param(3), _x(3))),
-    "layer_norm": (lambda x, w, b: ops.layer_norm(x, (6,), w, b), lambda: (_x(2, 3, 6), _param(6), _x(6))),
-    "linear": (lambda x, w, b: ops.linear(x, w, b, activation="relu"), lambda: (_x(2, 3, 5), _x(4, 5), _x(4))),
-    "relu": (lambda x: ops.relu(x * 1.0, inplace=True), lambda: (_x(3, 7),)),
-    "gelu": (lambda x: ops.gelu(x, approximate="tanh"), lambda: (_x(3, 7),)),
-    "dropout": (lambda x: ops.dropout(x, 0.5), lambda: (_x(4, 9),)),
-    "cross_entropy": (lambda x, t: ops.cross_entropy(x, t.argmax(1), label_smoothing=0.1) + ops.cross_entropy(x, t),
-                      lambda: (_x(5, 7), torch.rand(5, 7).softmax(1).requires_grad_())),
-    "log_softmax": (lambda x: ops.log_softmax(x, dim=1), lambda: (_x(3, 6),)),
-    "nll_loss": (lambda x: ops.nll_loss(x, torch.tensor([0, 2, 4]), reduction="sum"), lambda: (_x(3, 6),)),
-    "scaled_dot_product_attention": (
-        lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, is_causal=True),
-        lambda: (_x(1, 2, 5, 8), _x(1, 2, 5, 8), _x(1, 2, 5, 8))),
-    "rnn_cell": (lambda x, h, w_ih, w_hh: ops.rnn_cell(x, h, w_ih, w_hh),
-                 lambda: (_x(2, 3), _x(2, 4), _x(4, 3), _x(4, 4))),
-    "rnn": (lambda x, w_ih, w_hh, w_ih_r, w_hh_r: ops.rnn(x, None, [w_ih, w_hh, w_ih_r, w_hh_r], bias=False,
-                                                          bidirectional=True)[0],
-            lambda: (_x(3, 2, 3), _x(4, 3), _x(4, 4), _x(4, 3), _x(4, 4))),
+# Variants the self-check samples leave out: in-place ReLU, probability targets, an RNN without bias.
+VARIANTS = {
+    "relu in place": selfcheck.Sample(lambda x: ops.relu(x * 1.0, inplace=True), None, [_x(3, 7)], [0]),
+    "cross_entropy, probabilities": selfcheck.Sample(
+        lambda x, t: ops.cross_entropy(x, t, label_smoothing=0.1), None,
+        [_x(5, 7), torch.rand(5, 7).softmax(1)], [0, 1]),
+    "rnn without bias": selfcheck.Sample(
+        lambda x, w_ih, w_hh, w_ih_r, w_hh_r: ops.rnn(x, None, [w_ih, w_hh, w_ih_r, w_hh_r], bias=False,
+                                                      bidirectional=True)[0],
+        None, [_x(3, 2, 3), _x(4, 3), _x(4, 4), _x(4, 3), _x(4, 4)], [0, 1, 2, 3, 4]),
 }
 
 
-def _loss_and_grads(fn, tensors):
-    leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in tensors]
+def _samples() -> dict:
+    samples = {label: case(CPU) for label, case in selfcheck.CASES.items()}
+    samples.update(VARIANTS)
+    return samples
+
+
+SAMPLES = _samples()
+
+
+def _output_and_grads(fn, sample):
+    leaves = [t.detach().clone().requires_grad_(k in sample.grad_of) for k, t in enumerate(sample.tensors)]
     torch.manual_seed(1)  # dropout's seed
     out = fn(*leaves)
     loss = (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum()
-    wanted = [t for t in leaves if t.requires_grad]
-    return [out, *torch.autograd.grad(loss, wanted)]
-
-
-def test_every_registered_op_has_a_case():
-    assert set(CASES) == set(registry.OPS)
+    return [out, *torch.autograd.grad(loss, [leaves[k] for k in sample.grad_of])]
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-@pytest.mark.parametrize("op", sorted(CASES))
-def test_compiles_with_fullgraph_and_matches_eager(op, backend):
-    fn, build = CASES[op]
-    tensors = build()
-    expected = _loss_and_grads(fn, tensors)
+@pytest.mark.parametrize("label", sorted(SAMPLES))
+def test_compiles_with_fullgraph_and_matches_eager(label, backend):
+    sample = SAMPLES[label]
+    expected = _output_and_grads(sample.ours, sample)
     torch._dynamo.reset()
     # inductor draws random numbers its own way unless told to call torch's generator as eager does.
     with torch._inductor.config.patch(fallback_random=True):
-        got = _loss_and_grads(torch.compile(fn, backend=backend, fullgraph=True), tensors)
+        got = _output_and_grads(torch.compile(sample.ours, backend=backend, fullgraph=True), sample)
     for k, (a, b) in enumerate(zip(got, expected)):
-        torch.testing.assert_close(a, b, **TOLERANCES[torch.float32], msg=lambda m: f"{op}, result {k}: {m}")
+        torch.testing.assert_close(a, b, **TOLERANCES[torch.float32], msg=lambda m: f"{label}, result {k}: {m}")
 
 
 class _RecordOps(TorchDispatchMode):
@@ -97,11 +84,11 @@ class _RecordOps(TorchDispatchMode):
 
 
 def _recorded_calls():
-    """Every tritonprop op the cases reach, first order and under create_graph, with real arguments."""
+    """Every tritonprop op the samples reach, forward and backward, with real arguments."""
     recorder = _RecordOps()
     with recorder:
-        for fn, build in CASES.values():
-            _loss_and_grads(fn, build())
+        for sample in SAMPLES.values():
+            _output_and_grads(sample.ours, sample)
     return recorder.calls
 
 
@@ -130,18 +117,29 @@ def test_opcheck(name, recorded_calls):
 # torch.func
 # ------------------------------------------------------------------------------------------------
 
-FUNC_OPS = ["layer_norm", "linear", "conv2d", "gelu", "cross_entropy", "scaled_dot_product_attention", "rnn"]
+# Small inputs of their own: jacrev under the interpreter costs one backward per output element.
+FUNC_CASES = {
+    "layer_norm": (lambda x, w, b: ops.layer_norm(x, (6,), w, b), lambda: (_x(2, 3, 6), _x(6) + 1, _x(6))),
+    "linear": (lambda x, w, b: ops.linear(x, w, b, activation="relu"), lambda: (_x(2, 5), _x(4, 5), _x(4))),
+    "conv2d": (lambda x, w: ops.conv2d(x, w, stride=2, padding=1, activation="gelu"),
+               lambda: (_x(1, 2, 4, 5), _x(3, 2, 3, 3))),
+    "gelu": (lambda x: ops.gelu(x, approximate="tanh"), lambda: (_x(3, 7),)),
+    "log_softmax": (lambda x: ops.log_softmax(x, dim=1), lambda: (_x(3, 6),)),
+    "cross_entropy": (lambda x, t: ops.cross_entropy(x, t), lambda: (_x(5, 7), torch.rand(5, 7).softmax(1))),
+    "scaled_dot_product_attention": (lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                     lambda: (_x(1, 2, 5, 8), _x(1, 2, 5, 8), _x(1, 2, 5, 8))),
+    "rnn": (lambda x, w_ih, w_hh: ops.rnn(x, None, [w_ih, w_hh], bias=False)[0],
+            lambda: (_x(3, 2, 3), _x(4, 3), _x(4, 4))),
+}
 
 
-@pytest.mark.parametrize("op", FUNC_OPS)
+@pytest.mark.parametrize("op", sorted(FUNC_CASES))
 def test_torch_func_grad_matches_autograd(op):
-    fn, build = CASES[op]
-    tensors = [t.detach() for t in build()]
-    first = tensors[0]
+    fn, build = FUNC_CASES[op]
+    first, *rest = build()
 
     def loss(x):
-        torch.manual_seed(1)
-        return fn(x, *tensors[1:]).float().square().sum()
+        return fn(x, *rest).float().square().sum()
 
     got = torch.func.grad(loss)(first)
     leaf = first.clone().requires_grad_()
@@ -151,14 +149,13 @@ def test_torch_func_grad_matches_autograd(op):
 
 @pytest.mark.parametrize("op", ["layer_norm", "linear", "gelu", "log_softmax"])
 def test_torch_func_vmap_and_jacrev(op):
-    fn, build = CASES[op]
-    tensors = [t.detach() for t in build()]
-    batch = torch.stack([tensors[0], tensors[0] * 2 - 1])
-    mapped = torch.func.vmap(lambda x: fn(x, *tensors[1:]))(batch)
-    torch.testing.assert_close(mapped, torch.stack([fn(x, *tensors[1:]) for x in batch]),
-                               **TOLERANCES[torch.float32])
-    jacobian = torch.func.jacrev(lambda x: fn(x, *tensors[1:]))(tensors[0])
-    expected = torch.autograd.functional.jacobian(lambda x: fn(x, *tensors[1:]), tensors[0])
+    fn, build = FUNC_CASES[op]
+    first, *rest = build()
+    batch = torch.stack([first, first * 2 - 1])
+    mapped = torch.func.vmap(lambda x: fn(x, *rest))(batch)
+    torch.testing.assert_close(mapped, torch.stack([fn(x, *rest) for x in batch]), **TOLERANCES[torch.float32])
+    jacobian = torch.func.jacrev(lambda x: fn(x, *rest))(first)
+    expected = torch.autograd.functional.jacobian(lambda x: fn(x, *rest), first)
     torch.testing.assert_close(jacobian, expected, **TOLERANCES[torch.float32])
 
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tritonprop import backend, ops, registry, selfcheck
+from tritonprop.ops import _library
 from tritonprop.bench import cases as bench_cases
 from tritonprop.bench import report as bench_report
 
@@ -87,47 +88,42 @@ def test_kernels_module_imports_and_is_the_ones_the_op_runs(name):
 
 
 @pytest.mark.parametrize("name", OPS)
-def test_reference_resolves_to_a_callable_the_op_falls_back_to(name):
+def test_reference_resolves_to_a_callable(name):
     fn = registry.reference(name)
     assert callable(fn)
     module_name = registry.OPS[name].reference.partition(":")[0]
     assert module_name.startswith("tritonprop.ops.reference.") and fn.__module__ == module_name
-    # Under TRITONPROP_BACKEND=reference the functional calls `reference.<fn>` of this module.
-    used = {value for value in vars(_module_of(_functional(name))).values() if isinstance(value, types.ModuleType)}
-    assert sys.modules[module_name] in used, f"{name}: its functional does not import {module_name}"
 
 
-def _reachable_functions(function) -> set:
-    """`function` and every tritonprop.ops function its code names, transitively (an over-estimate:
-    a name is looked up in the globals of the function that uses it)."""
-    seen, stack = set(), [function]
-    while stack:
-        fn = stack.pop()
-        if fn in seen:
-            continue
-        seen.add(fn)
-        if fn.__module__ == "tritonprop.ops._autocast":
-            continue  # a cast is reached; what it calls in turn is its own business
-        codes, names = [fn.__code__], set()
-        while codes:
-            code = codes.pop()
-            names.update(code.co_names)
-            codes += [const for const in code.co_consts if isinstance(const, types.CodeType)]
-        for value in (fn.__globals__.get(n) for n in names):
-            if inspect.isfunction(value) and value.__module__.startswith("tritonprop.ops"):
-                stack.append(value)
-    return seen
+def _run_case(name):
+    """The op's self-check sample, forward only."""
+    sample = getattr(selfcheck, registry.OPS[name].selfcheck)(torch.device("cpu"))
+    with torch.no_grad():
+        sample.ours(*sample.tensors)
 
 
 @pytest.mark.parametrize("name", OPS)
-def test_autocast_policy_is_the_cast_the_functional_makes(name):
-    policy = registry.autocast_policy(name)
-    assert policy in registry.AUTOCAST_CASTS
-    casts = {registry.autocast_cast(p) for p in registry.AUTOCAST_CASTS if p != registry.NONE}
-    assert all(callable(cast) for cast in casts)
-    reached = _reachable_functions(_functional(name)) & casts
-    expected = {registry.autocast_cast(policy)} if policy != registry.NONE else set()
-    assert {cast.__name__ for cast in reached} == {cast.__name__ for cast in expected}
+def test_the_functional_takes_the_one_dispatch_path_under_its_name(name, monkeypatch):
+    """The registry's autocast policy and reference are applied by ops._library.dispatch, which
+    looks them up by name: a functional that dispatched under another name, or not at all, fails."""
+    policies, references = [], []
+
+    class Recording(dict):
+        def __init__(self, entries, seen):
+            super().__init__(entries)
+            self.seen = seen
+
+        def __getitem__(self, op):
+            self.seen.append(op)
+            return super().__getitem__(op)
+
+    monkeypatch.setattr(_library, "AUTOCAST_CASTS", Recording(_library.AUTOCAST_CASTS, policies))
+    monkeypatch.setattr(_library, "REFERENCES", Recording(_library.REFERENCES, references))
+    _run_case(name)
+    assert name in policies
+    monkeypatch.setenv(backend.BACKEND_ENV, "reference")
+    _run_case(name)
+    assert name in references
 
 
 def test_groups_collect_the_ops_that_share_a_value():
@@ -232,3 +228,9 @@ def test_bench_report_takes_groups_and_ops():
             bench_report.groups_of([name])
     with pytest.raises(ValueError, match="unknown softmax"):
         bench_report.groups_of(["softmax"])
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_dispatch_applies_the_registry_entry(name):
+    assert _library.AUTOCAST_CASTS[name] is registry.autocast_cast(registry.autocast_policy(name))
+    assert _library.REFERENCES[name] is registry.reference(name)

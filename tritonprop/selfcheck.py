@@ -2,10 +2,13 @@
 
 It is what `tritonprop selfcheck` runs; the test suite (tests/) is the real proof. Every op of
 the registry (tritonprop/registry.py) names its case here, and ops that share one (gelu and relu)
-are checked together. Dropout is random: its case seeds both sides alike and checks the kernel
-against torch's arithmetic on the reference's mask (the tests check the mask's statistics).
+are checked together. Each case is a `Sample`, which the tests also compile and opcheck
+(tests/test_compile.py). Dropout is random: both sides run from the same seed, and the kernel is
+checked against torch's arithmetic on the reference's mask (the tests check the mask's statistics).
 """
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -14,44 +17,55 @@ from tritonprop import ops, registry
 from tritonprop.ops.reference import dropout as reference_dropout
 
 
-def _compare(device, ours, theirs, tensors, grad_of):
-    """Run both on fresh leaf copies; returns (name, ours, theirs) for the output and each gradient."""
+class Sample(NamedTuple):
+    """One case: our op and torch's on the same tensors; gradients are taken for `grad_of` (indices)."""
+    ours: Callable
+    theirs: Callable
+    tensors: list
+    grad_of: list
+
+
+def _compare(device, sample: Sample):
+    """Run both sides on fresh leaf copies, each from the same seed (dropout draws one); returns
+    (name, ours, theirs) for the output and each gradient."""
     results = []
-    for fn in (ours, theirs):
-        leaves = [t.detach().clone().requires_grad_(k in grad_of) for k, t in enumerate(tensors)]
-        y = fn(*leaves)
+    for fn in (sample.ours, sample.theirs):
+        leaves = [t.detach().clone().requires_grad_(k in sample.grad_of) for k, t in enumerate(sample.tensors)]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(7)
+            y = fn(*leaves)
         upstream = torch.ones_like(y) if y.dim() == 0 else torch.randn(y.shape, device=device,
                                                                           generator=torch.Generator(device).manual_seed(1))
-        results.append([y, *torch.autograd.grad(y, [leaves[k] for k in grad_of], upstream)])
-    names = ["output"] + [f"grad of input {k}" for k in grad_of]
+        results.append([y, *torch.autograd.grad(y, [leaves[k] for k in sample.grad_of], upstream)])
+    names = ["output"] + [f"grad of input {k}" for k in sample.grad_of]
     return [(name, a, b) for name, a, b in zip(names, *results)]
 
 
 def case_batch_norm(device):
     x = torch.randn(4, 3, 6, 5, device=device).to(memory_format=torch.channels_last) * 2 + 1
     weight, bias = torch.rand(3, device=device) + 0.5, torch.randn(3, device=device)
-    return _compare(device, lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True),
+    return Sample(lambda x, w, b: ops.batch_norm(x, None, None, w, b, training=True),
                     lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), [x, weight, bias], [0, 1, 2])
 
 
 def case_conv2d(device):
     x = torch.randn(2, 3, 9, 8, device=device).to(memory_format=torch.channels_last)
     weight, bias = torch.randn(4, 3, 3, 3, device=device) * 0.3, torch.randn(4, device=device)
-    return _compare(device, lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1),
+    return Sample(lambda x, w, b: ops.conv2d(x, w, b, stride=2, padding=1),
                     lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1), [x, weight, bias], [0, 1, 2])
 
 
 def case_layer_norm(device):
     x = torch.randn(3, 5, 40, device=device)
     weight, bias = torch.rand(40, device=device) + 0.5, torch.randn(40, device=device)
-    return _compare(device, lambda x, w, b: ops.layer_norm(x, (40,), w, b),
+    return Sample(lambda x, w, b: ops.layer_norm(x, (40,), w, b),
                     lambda x, w, b: F.layer_norm(x, (40,), w, b), [x, weight, bias], [0, 1, 2])
 
 
 def case_linear(device):
     x = torch.randn(3, 7, 20, device=device)
     weight, bias = torch.randn(18, 20, device=device) * 0.2, torch.randn(18, device=device)
-    return _compare(device, lambda x, w, b: ops.linear(x, w, b, activation="gelu"),
+    return Sample(lambda x, w, b: ops.linear(x, w, b, activation="gelu"),
                     lambda x, w, b: F.gelu(F.linear(x, w, b)), [x, weight, bias], [0, 1, 2])
 
 
@@ -59,7 +73,7 @@ def case_losses(device):
     # cross_entropy (with label smoothing and an ignored row) beside nll_loss of log_softmax.
     logits = torch.randn(6, 11, device=device) * 3
     target = torch.tensor([0, 3, 10, -100, 5, 3], device=device)
-    return _compare(device, lambda x, t: ops.cross_entropy(x, t, label_smoothing=0.1)
+    return Sample(lambda x, t: ops.cross_entropy(x, t, label_smoothing=0.1)
                     + ops.nll_loss(ops.log_softmax(x, dim=1), t),
                     lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1) + F.nll_loss(F.log_softmax(x, dim=1), t),
                     [logits, target], [0])
@@ -67,7 +81,7 @@ def case_losses(device):
 
 def case_activations(device):
     x = torch.randn(4, 33, device=device) * 3
-    return _compare(device, lambda x: ops.gelu(x, approximate="tanh") + ops.relu(x),
+    return Sample(lambda x: ops.gelu(x, approximate="tanh") + ops.relu(x),
                     lambda x: F.gelu(x, approximate="tanh") + F.relu(x), [x], [0])
 
 
@@ -76,14 +90,14 @@ def case_rnn(device):
     theirs = torch.nn.RNN(5, 7, num_layers=2, bidirectional=True).to(device)
     ours = ops.RNN(5, 7, num_layers=2, bidirectional=True).to(device)
     ours.load_state_dict(theirs.state_dict())
-    return _compare(device, lambda x, h0: ours(x, h0)[0], lambda x, h0: theirs(x, h0)[0], [x, h0], [0, 1])
+    return Sample(lambda x, h0: ours(x, h0)[0], lambda x, h0: theirs(x, h0)[0], [x, h0], [0, 1])
 
 
 def case_rnn_cell(device):
     x, h = torch.randn(3, 5, device=device), torch.randn(3, 7, device=device)
     w_ih, w_hh = torch.randn(7, 5, device=device) * 0.4, torch.randn(7, 7, device=device) * 0.4
     b_ih, b_hh = torch.randn(7, device=device), torch.randn(7, device=device)
-    return _compare(device, lambda *args: ops.rnn_cell(*args, nonlinearity="tanh"), torch.rnn_tanh_cell,
+    return Sample(lambda *args: ops.rnn_cell(*args, nonlinearity="tanh"), torch.rnn_tanh_cell,
                     [x, h, w_ih, w_hh, b_ih, b_hh], [0, 1, 2, 3, 4, 5])
 
 
@@ -96,16 +110,7 @@ def case_dropout(device):
         keep = reference_dropout.keep_mask(x.shape, reference_dropout.draw_seed(x.device), p, x.device)
         return x * keep / (1 - p)
 
-    return _compare(device, _seeded(device, lambda x: ops.dropout(x, p)), _seeded(device, theirs), [x], [0])
-
-
-def _seeded(device, fn, seed=7):
-    """fn, called with torch's generator seeded afresh each time, and left as it was found."""
-    def call(*args):
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            return fn(*args)
-    return call
+    return Sample(lambda x: ops.dropout(x, p), theirs, [x], [0])
 
 
 def case_attention(device):
@@ -113,7 +118,7 @@ def case_attention(device):
     q, k, v = (torch.randn(2, heads, length, 24, device=device) for heads, length in ((4, 9), (2, 13), (2, 13)))
     keep = torch.arange(13, device=device) < torch.tensor([[13], [7]], device=device)
     mask = keep[:, None, None, :]
-    return _compare(device, lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
+    return Sample(lambda q, k, v: ops.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True),
                     lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, enable_gqa=True), [q, k, v], [0, 1, 2])
 
 
@@ -152,7 +157,7 @@ def run(device=None, atol=1e-4, rtol=1e-4, op_names=None) -> bool:
     for label, case in cases.items():
         worst = 0.0
         ok = True
-        for name, ours, theirs in case(device):
+        for name, ours, theirs in _compare(device, case(device)):
             err = (ours.double() - theirs.double()).abs().max().item()
             worst = max(worst, err)
             if not torch.allclose(ours, theirs, atol=atol, rtol=rtol):
