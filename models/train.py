@@ -351,6 +351,9 @@ def _run(task: Task, args, layers, distributed: Distributed, device: torch.devic
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if args.compile:
+        if args.inspect:
+            raise TrainingError("--inspect reads every layer through forward hooks, which torch.compile(fullgraph=True) "
+                                "does not trace; use --inspect without --compile")
         # DDP splits a compiled graph at its gradient buckets, so fullgraph is asked for alone.
         train_model = torch.compile(train_model, backend=args.compile, fullgraph=not distributed.enabled)
     inspector = None

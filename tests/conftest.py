@@ -5,6 +5,7 @@ with `pytest -m slow`.
 """
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -13,6 +14,11 @@ import torch
 
 import tritonprop  # noqa: F401  (sets TRITON_INTERPRET before any kernel is decorated)
 from helpers import TOLERANCES
+
+# Inductor compiles its C++ in a pool of worker processes sized by the CPU count (read when
+# torch._inductor is first imported, by the first torch.compile); the tests already run one
+# process per core (pytest-xdist), so each compiles in its own process.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 # torch's OpInfo sample inputs (test_opinfo.py, test_dropout.py) come from torch.testing._internal,
 # whose import freezes torch.backends' flags for the whole process (disable_global_flags): a

@@ -96,6 +96,17 @@ def test_inspect_pictures(uninterrupted):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
+def test_compile_trains_with_the_eager_losses(tmp_path, uninterrupted, digits_dir):
+    metrics = train.run(cnn.TASK, parse("--steps", "4", "--out", str(tmp_path), "--compile", "aot_eager",
+                                        data=digits_dir))
+    assert metrics["losses"] == uninterrupted[1]["losses"]
+
+
+def test_compile_refuses_inspect(tmp_path, digits_dir):
+    with pytest.raises(train.TrainingError, match="--inspect .* --compile"):
+        train.run(cnn.TASK, parse("--steps", "1", "--out", str(tmp_path), "--compile", "--inspect", data=digits_dir))
+
+
 def test_resume_refuses_other_model_options(uninterrupted, digits_dir):
     out, _ = uninterrupted
     args = parse("--widths", "4,16", "--steps", "5", "--out", str(out), "--resume", data=digits_dir)
