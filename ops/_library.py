@@ -140,7 +140,8 @@ def dispatch(name: str, tensors: dict, *, kernels: Callable, reference: Callable
     its cast. Then either ``reference(naive, **tensors)`` runs, with ``naive`` the registry's
     reference implementation (``TRITONPROP_BACKEND=reference``), or, once every tensor is on a
     device the kernels run on, ``kernels(**tensors)``, with autocast off: the casts are done, and
-    nothing inside may be cast again. ``autocast=False`` skips the cast (log_softmax's ``dtype``
+    nothing inside may be cast again. (Outside an autocast region no context is entered, so that
+    an exported graph holds the ops themselves, not an autocast region around them.) ``autocast=False`` skips the cast (log_softmax's ``dtype``
     argument overrides autocast, as in torch).
     """
     names, values = list(tensors), list(tensors.values())
@@ -154,5 +155,7 @@ def dispatch(name: str, tensors: dict, *, kernels: Callable, reference: Callable
     if backend.use_reference():
         return reference(REFERENCES[name], **tensors)
     backend.check_devices(name, **tensors)
+    if not torch.is_autocast_enabled(device_type):
+        return kernels(**tensors)
     with torch.autocast(device_type, enabled=False):
         return kernels(**tensors)

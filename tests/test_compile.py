@@ -55,7 +55,9 @@ def _output_and_grads(fn, sample):
     return [out, *torch.autograd.grad(loss, [leaves[k] for k in sample.grad_of])]
 
 
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+# inductor compiles C++ for every graph (3 to 20 s each on 2 cores): per op it runs under -m slow;
+# the models' inductor steps in the default run (tests/test_compile_models.py) cover it there.
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("label", sorted(SAMPLES))
 def test_compiles_with_fullgraph_and_matches_eager(label, backend):
     sample = SAMPLES[label]
