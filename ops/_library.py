@@ -141,8 +141,9 @@ def dispatch(name: str, tensors: dict, *, kernels: Callable, reference: Callable
     reference implementation (``TRITONPROP_BACKEND=reference``), or, once every tensor is on a
     device the kernels run on, ``kernels(**tensors)``, with autocast off: the casts are done, and
     nothing inside may be cast again. (Outside an autocast region no context is entered, so that
-    an exported graph holds the ops themselves, not an autocast region around them.) ``autocast=False`` skips the cast (log_softmax's ``dtype``
-    argument overrides autocast, as in torch).
+    an exported graph holds the ops themselves, not an autocast region around them.)
+    ``autocast=False`` skips the cast (log_softmax's ``dtype`` argument overrides autocast, as in
+    torch).
     """
     names, values = list(tensors), list(tensors.values())
     device_type = next(t.device.type for t in values if t is not None)

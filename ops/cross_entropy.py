@@ -365,15 +365,14 @@ def _class_index_loss(loss_op, input, target, weight, options):
     return loss.reshape(()) if unbatched else loss
 
 
-def _as_input_dtype(op, name, t, input):
-    """`t` in input's dtype when that is an exact widening; torch would promote the result otherwise."""
-    if t is None or t.dtype == input.dtype:
-        return t
+def _check_widens_to_input(op, name, t, input):
+    """`t` may be cast to input's dtype only as an exact widening; torch would promote the result otherwise."""
+    if t is None:
+        return
     promoted = torch.promote_types(t.dtype, input.dtype)
     if promoted != input.dtype:
         raise NotImplementedError(f"{op}: a {name} of dtype {t.dtype} beside input of dtype {input.dtype} (a "
                                   f"{promoted} result in torch) is not implemented; cast both to one dtype")
-    return t.to(input.dtype)
 
 
 def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction, label_smoothing):
@@ -393,7 +392,8 @@ def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction,
         _checks.check_tensor(op, "weight", weight)
 
     def in_input_dtype(input, target, weight):
-        return input, _as_input_dtype(op, "target", target, input), _as_input_dtype(op, "weight", weight, input)
+        # check_cast has made sure that each cast is an exact widening (a no-op for equal dtypes).
+        return input, target.to(input.dtype), None if weight is None else weight.to(input.dtype)
 
     def check_cast(input, target, weight):
         if weight is not None:
@@ -401,7 +401,8 @@ def _cross_entropy_probabilities(input, target, weight, ignore_index, reduction,
             if weight.requires_grad:
                 raise NotImplementedError(f"{op}: the gradient with respect to weight (probability targets) is not "
                                           "implemented; weight must not require grad")
-        in_input_dtype(input, target, weight)
+        _check_widens_to_input(op, "target", target, input)
+        _check_widens_to_input(op, "weight", weight, input)
 
     def kernels(input, target, weight):
         input, target, weight = in_input_dtype(input, target, weight)
