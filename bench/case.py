@@ -19,6 +19,17 @@ MEMORY_FORMATS = {"NCHW": torch.contiguous_format, "channels_last": torch.channe
 Callables = dict[str, dict[str, Callable[[], object]]]
 
 
+def seeded_generator(device: torch.device) -> torch.Generator:
+    """The generator every builder draws its inputs from, seeded 0.
+
+    The static sm_90 report builds cases on meta tensors, which have no generator of their own;
+    no value is ever drawn there, and a CPU generator stands in.
+    """
+    if device.type == "meta":
+        return torch.Generator().manual_seed(0)
+    return torch.Generator(device=device).manual_seed(0)
+
+
 @dataclass(frozen=True)
 class Case:
     op: str

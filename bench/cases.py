@@ -32,7 +32,7 @@ from tritonprop.bench.cases_layernorm import layer_norm_cases
 from tritonprop.bench.cases_linear import linear_cases
 from tritonprop.bench.cases_models import models_cases
 from tritonprop.bench.cases_rnn import rnn_cases
-from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case  # noqa: F401
+from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case, seeded_generator  # noqa: F401
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
 from tritonprop.ops.reference import conv2d as reference_conv2d
 
@@ -59,7 +59,7 @@ BATCH_NORM_SHAPES = [
 
 
 def _build_batch_norm(case: Case, device: torch.device) -> Callables:
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
 
     def random(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=device)
@@ -148,7 +148,7 @@ CONV2D_SHAPES = [
 def _build_conv2d(case: Case, device: torch.device) -> Callables:
     N, C, H, W = case.shape
     K, R, stride, padding, activation = case.extra
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
     memory_format = MEMORY_FORMATS[case.layout]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # the cuDNN baseline of BENCHMARKS.md picks its best algorithm

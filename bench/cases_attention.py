@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from tritonprop.bench.case import IMPLS, Callables, Case
+from tritonprop.bench.case import IMPLS, Callables, Case, seeded_generator
 from tritonprop.ops.attention import scaled_dot_product_attention
 from tritonprop.ops.reference import attention as reference_attention
 
@@ -61,7 +61,7 @@ def _naive(q, k, v, is_causal):
 
 def _build_attention(case: Case, device: torch.device) -> Callables:
     (is_causal,) = case.extra
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
 
     def random(*shape):
         return torch.randn(shape, generator=generator, device=device).to(case.dtype).requires_grad_()

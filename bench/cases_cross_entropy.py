@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from tritonprop.bench.case import Callables, Case
+from tritonprop.bench.case import Callables, Case, seeded_generator
 from tritonprop.ops.cross_entropy import cross_entropy
 from tritonprop.ops.reference import cross_entropy as reference
 
@@ -31,7 +31,7 @@ CROSS_ENTROPY_SHAPES = [
 
 
 def _build_cross_entropy(case: Case, device: torch.device) -> Callables:
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
     tokens, classes = case.shape
     logits = torch.randn(case.shape, generator=generator, device=device).to(case.dtype).requires_grad_()
     target = torch.randint(0, classes, (tokens,), generator=generator, device=device)

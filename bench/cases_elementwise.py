@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tritonprop.bench.case import Callables, Case
+from tritonprop.bench.case import Callables, Case, seeded_generator
 from tritonprop.ops.activations import gelu
 from tritonprop.ops.dropout import dropout
 from tritonprop.ops.reference import activations as reference_activations
@@ -51,7 +51,7 @@ ELEMENTWISE_SHAPES = [
 
 
 def _build(case: Case, device: torch.device) -> Callables:
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
     x = torch.randn(case.shape, generator=generator, device=device).to(case.dtype).requires_grad_()
     dy = torch.randn(case.shape, generator=generator, device=device).to(case.dtype)
 

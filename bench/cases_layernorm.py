@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tritonprop.bench.case import Callables, Case
+from tritonprop.bench.case import Callables, Case, seeded_generator
 from tritonprop.ops.layernorm import layer_norm
 from tritonprop.ops.reference import layernorm as reference_layernorm
 
@@ -39,7 +39,7 @@ LAYER_NORM_SHAPES = [
 
 
 def _build_layer_norm(case: Case, device: torch.device) -> Callables:
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
 
     def random(*shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=generator, device=device)

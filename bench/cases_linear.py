@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tritonprop.bench.case import Callables, Case
+from tritonprop.bench.case import Callables, Case, seeded_generator
 from tritonprop.ops.linear import linear
 from tritonprop.ops.reference import linear as reference_linear
 
@@ -46,7 +46,7 @@ def _build_linear(case: Case, device: torch.device) -> Callables:
     M, K = case.shape
     N, fused = case.extra
     activation = "gelu" if fused else None
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
 
     def random(*shape, scale=1.0):
         return (torch.randn(shape, generator=generator, device=device) * scale).to(case.dtype)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from tritonprop.bench.case import Callables, Case
+from tritonprop.bench.case import Callables, Case, seeded_generator
 from tritonprop.ops.reference import rnn as reference
 from tritonprop.ops.rnn import RNN
 
@@ -29,7 +29,7 @@ CPU_SHAPE = (4, 2, 3, 5)
 
 def _build_rnn(case: Case, device: torch.device) -> Callables:
     T, B, I, H = case.shape
-    generator = torch.Generator(device=device).manual_seed(0)
+    generator = seeded_generator(device)
     theirs = torch.nn.RNN(I, H).to(device, case.dtype)
     ours = RNN(I, H).to(device, case.dtype)
     ours.load_state_dict(theirs.state_dict())

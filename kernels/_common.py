@@ -39,35 +39,117 @@ def autotune(configs, key, **kwargs):
     return triton.autotune(configs=configs, key=key, **kwargs)
 
 
-# True while a launch function runs for its allocations only (see `allocations_only`).
-_ALLOCATIONS_ONLY = contextvars.ContextVar("tritonprop_allocations_only", default=False)
+# While a launch function runs for its allocations only (see `allocations_only`): the list of
+# the kernels whose launches were skipped; None otherwise.
+_ALLOCATIONS_ONLY = contextvars.ContextVar("tritonprop_allocations_only", default=None)
 
 
 def _skip_launch(*args, **kwargs):
     return None
 
 
+class Launch(NamedTuple):
+    """One kernel launch as `captured_launches` records it, instead of running it."""
+    kernel: object  # a JITFunction, or an Autotuner around one
+    grid: object  # a tuple, or a callable of the launch's meta-parameters (autotuned kernels)
+    args: tuple
+    kwargs: dict
+
+
+class _Capture(NamedTuple):
+    launches: list
+    sm_count: int
+
+
+# The capture in progress, if any (see `captured_launches`).
+_CAPTURE = contextvars.ContextVar("tritonprop_capture", default=None)
+
+
 def launch(kernel, grid):
     """``kernel[grid]``: every launch function starts its kernels through this one place.
 
-    Inside `allocations_only` it returns a call that does nothing, so that a launch function run
-    on fake tensors (torch.compile, torch.export, opcheck) gives its outputs' shapes, dtypes and
-    strides without running a kernel.
+    Inside `allocations_only` it notes the kernel and returns a call that does nothing, so that a
+    launch function run on fake tensors (torch.compile, torch.export, opcheck) gives its outputs'
+    shapes, dtypes and strides without running a kernel. Inside `captured_launches` the call
+    records the launch.
     """
-    if _ALLOCATIONS_ONLY.get():
+    capture = _CAPTURE.get()
+    if capture is not None:
+        return lambda *args, **kwargs: capture.launches.append(Launch(kernel, grid, args, kwargs))
+    skipped = _ALLOCATIONS_ONLY.get()
+    if skipped is not None:
+        skipped.append(kernel)
         return _skip_launch
     return kernel[grid]
 
 
 @contextlib.contextmanager
+def captured_launches(sm_count: int):
+    """Record every launch made inside, as a list of `Launch`, instead of running it.
+
+    The static sm_90 report (bench/static_sm90.py) runs ops on meta tensors inside this, on a
+    machine without a GPU; `sm_count` stands in for a GPU's (for `parallel_programs`).
+    """
+    capture = _Capture([], sm_count)
+    token = _CAPTURE.set(capture)
+    try:
+        yield capture.launches
+    finally:
+        _CAPTURE.reset(token)
+
+
+@contextlib.contextmanager
 def allocations_only():
     """Run launch functions for their allocations alone: the fake (meta) implementation of every
-    tritonprop custom op is its launch function run on fake tensors inside this context."""
-    token = _ALLOCATIONS_ONLY.set(True)
+    tritonprop custom op is its launch function run on fake tensors inside this context.
+
+    Yields the list of the kernels whose launches it skipped, in launch order (the host-overhead
+    benchmark, bench/host_overhead.py, counts them).
+    """
+    skipped = []
+    token = _ALLOCATIONS_ONLY.set(skipped)
     try:
-        yield
+        yield skipped
     finally:
         _ALLOCATIONS_ONLY.reset(token)
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def ensure_scratch_allocator() -> None:
+    """Kernels that build tensor descriptors on the device (TMA loads) need a little global
+    scratch memory per launch, which Triton asks of the allocator that `triton.set_allocator`
+    set. Unless the user has set one, that is torch's caching allocator."""
+    from triton.runtime._allocation import NullAllocator, _allocator
+
+    if isinstance(_allocator.get(), NullAllocator):
+        triton.set_allocator(_torch_scratch)
+
+
+# (kernel, configs, key) -> the autotuned kernel that `launch_tuned` built for them.
+_TUNED: dict = {}
+
+
+def launch_tuned(kernel, grid, configs, key):
+    """`launch(kernel, grid)` over a short list of tile configs, each a dict of constexpr values
+    plus num_warps and num_stages, the launch function's own choice first.
+
+    Compiled, Triton's autotuner times every config the first time it meets a new value of the
+    `key` arguments (and of the tensors' dtypes) and keeps the fastest. Under the interpreter
+    `autotune` keeps the first config only. `grid` is a function of the chosen config's values
+    (`meta["BLOCK_M"]`, ...). The static sm_90 report compiles every config of every list.
+    """
+    configs = tuple(tuple(sorted(config.items())) for config in configs)
+    cache_key = (id(kernel), configs, tuple(key))
+    tuned = _TUNED.get(cache_key)
+    if tuned is None:
+        tuned = _TUNED[cache_key] = autotune(
+            [triton.Config({name: value for name, value in config if name not in ("num_warps", "num_stages")},
+                           num_warps=dict(config)["num_warps"], num_stages=dict(config)["num_stages"])
+             for config in configs], key=list(key))(kernel)
+    return launch(tuned, grid)
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,6 +162,9 @@ def parallel_programs(device: torch.device) -> int:
 
     Under the interpreter every program costs Python time, so a handful is the right target.
     """
+    capture = _CAPTURE.get()
+    if capture is not None:
+        return 4 * capture.sm_count
     if device.type != "cuda" or backend.interpreting():
         return 4
     return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
@@ -139,9 +224,18 @@ def chan_merge(count, mean, m2, part_count, part_mean, part_m2):
 # ----------------------------------------------------------------------------------------------
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for a launch grid: triton.cdiv's value, without its host cost (in Triton 3.6 it
+    is a constexpr_function, about 2 us a call, and launch functions call it on every launch)."""
+    return -(-a // b)
+
+
 def _next_pow2(n: int) -> int:
-    """The smallest power of two >= n, and 1 for n <= 1 (triton.next_power_of_2(0) is 0, no block size)."""
-    return triton.next_power_of_2(max(int(n), 1))
+    """The smallest power of two >= n, and 1 for n <= 1 (triton.next_power_of_2(0) is 0, no block size).
+
+    Plain Python: triton.next_power_of_2 is a constexpr_function, whose call costs ~2 us on the host.
+    """
+    return 1 << (max(int(n), 1) - 1).bit_length()
 
 
 def _block(n: int, lo: int, hi: int) -> int:
@@ -187,24 +281,49 @@ def merge_dims(shape, dims, strides) -> list:
     return axes
 
 
+def cached_plan(function):
+    """Cache a launch plan: a pure function of shapes, strides and other hashable values, returning
+    immutable values.
+
+    A model meets the same few shapes again and again, so a plan costs a lookup instead of a few
+    us of Python per launch. Symbolic sizes (fake tensors under torch.compile's dynamic shapes)
+    cannot be hashed; with those the function runs uncached.
+    """
+    cached = functools.lru_cache(maxsize=1024)(function)
+
+    @functools.wraps(function)
+    def lookup(*args):
+        try:
+            return cached(*args)
+        except TypeError:
+            return function(*args)
+
+    return lookup
+
+
 class Layout(NamedTuple):
     sizes: tuple  # (D0, D1, D2, D3), D3 innermost
-    strides: list  # one (s0, s1, s2, s3) per tensor
+    strides: tuple  # one (s0, s1, s2, s3) per tensor
     flat: bool  # every tensor dense in the visit order: element k at offset k
 
 
 def plan(tensors, order) -> Layout | None:
     """The MAX_DIMS axes of same-shaped `tensors` whose dims are visited in `order` (outermost first).
 
-    Returns None when more than MAX_DIMS axes remain after merging.
+    Returns None when more than MAX_DIMS axes remain after merging. Cached (`cached_plan`).
     """
-    axes = merge_dims(tensors[0].shape, order, [t.stride() for t in tensors])
+    return _plan(tensors[0].shape, tuple(t.stride() for t in tensors), tuple(order))
+
+
+@cached_plan
+def _plan(shape, strides, order) -> Layout | None:
+    axes = merge_dims(shape, order, strides)
     if len(axes) > MAX_DIMS:
         return None
     flat = len(axes) == 0 or (len(axes) == 1 and all(s == 1 for s in axes[0][1]))
-    axes = [[1, [0] * len(tensors)]] * (MAX_DIMS - len(axes)) + axes
+    axes = [[1, [0] * len(strides)]] * (MAX_DIMS - len(axes)) + axes
     sizes = tuple(size for size, _ in axes)
-    per_tensor = [tuple(axis_strides[k] for _, axis_strides in axes) for k in range(len(tensors))]
+    per_tensor = tuple(tuple(axis_strides[k] for _, axis_strides in axes) for k in range(len(strides)))
     return Layout(sizes, per_tensor, flat)
 
 

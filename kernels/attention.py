@@ -41,23 +41,26 @@ import triton.language as tl
 
 from tritonprop import backend
 from tritonprop.kernels._common import (_allow_tf32, _block, _next_pow2, accumulator_dtype, accumulator_torch_dtype,
-                                        dot_accumulate, dot_options, launch)
+                                        cdiv, dot_accumulate, dot_options, ensure_scratch_allocator, launch,
+                                        launch_tuned)
 
 # attn_mask kinds (constexpr MASK_KIND).
 NO_MASK, BOOL_MASK, ADDITIVE_MASK = 0, 1, 2
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per pass, keyed by the element size of q and by
-# whether the head dim exceeds 64 / 128. Not autotuned: each config is a separate compile on a
-# fresh GPU, and these are the shapes of Triton's tutorial for Hopper (16-bit), shrunk for
-# fp32/fp64 so that the tiles fit in registers and shared memory.
+# whether the head dim exceeds 64 / 128: the config each launch starts from. The 16-bit tiles are those of Triton's tutorial for Hopper, with 8 warps (two
+# warpgroups) where the static sm_90 report (bench/results/static-sm90.md) showed 4 warps at
+# the register limit: the D=64 forward used 234 registers (120 at 8 warps, still 2 CTAs per SM),
+# and dK/dV used 255 and spilled 32-224 bytes (166-195 at 8 warps, no spills). fp32/fp64 tiles
+# are shrunk so that they fit in registers and shared memory.
 #   forward and dQ: BLOCK_M queries x BLOCK_N keys per step; dK/dV: BLOCK_N keys x BLOCK_M queries.
 FORWARD_TILES = {
-    2: {64: (128, 64, 4, 3), 128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
+    2: {64: (128, 64, 8, 3), 128: (128, 64, 8, 3), 256: (64, 32, 8, 2)},
     4: {64: (64, 32, 4, 2), 128: (64, 32, 4, 2), 256: (32, 32, 4, 1)},
     8: {64: (32, 32, 4, 1), 128: (32, 16, 4, 1), 256: (16, 16, 4, 1)},
 }
 DKDV_TILES = {
-    2: {64: (32, 128, 4, 3), 128: (32, 64, 4, 3), 256: (16, 32, 4, 2)},
+    2: {64: (32, 128, 8, 3), 128: (32, 64, 8, 3), 256: (16, 32, 4, 2)},
     4: {64: (32, 64, 4, 2), 128: (16, 32, 4, 2), 256: (16, 16, 4, 1)},
     8: {64: (16, 32, 4, 1), 128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
 }
@@ -65,6 +68,14 @@ DQ_TILES = {
     2: {64: (128, 32, 4, 3), 128: (64, 32, 4, 3), 256: (32, 16, 4, 2)},
     4: {64: (64, 32, 4, 2), 128: (32, 32, 4, 2), 256: (16, 16, 4, 1)},
     8: {64: (32, 16, 4, 1), 128: (16, 16, 4, 1), 256: (16, 16, 4, 1)},
+}
+# Further configs the autotuner times on the GPU beside the 16-bit tiles above at head dims 64
+# and 128 (never under the interpreter): other tile shapes, warps and stages. Each compiles
+# without spills at the benchmark shapes (bench/results/static-sm90.md).
+GPU_ALTERNATIVES = {
+    "forward": {64: [(128, 128, 8, 3), (128, 64, 4, 3)], 128: [(128, 64, 8, 2), (64, 64, 4, 3)]},
+    "dkdv": {64: [(64, 128, 8, 3), (32, 64, 4, 3)], 128: [(32, 64, 8, 2), (32, 128, 8, 2)]},
+    "dq": {64: [(128, 64, 8, 3), (64, 32, 4, 3)], 128: [(128, 32, 8, 3), (64, 64, 4, 2)]},
 }
 PREPROCESS_BLOCK_M = 64
 # Under the interpreter every program and loop step costs Python time while numpy handles a large
@@ -149,6 +160,32 @@ def _program_ids(num_row_blocks, heads):
 
 
 @triton.jit
+def _head_slice(base, S, D, stride_s, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, TMA: tl.constexpr):
+    """What the kernels read one (b, h) slice, S rows of D, through: a tensor descriptor of
+    [BLOCK_S, BLOCK_D] blocks, whose loads are TMA copies on Hopper, when TMA; else `base`, the
+    slice's first element, for pointer loads. (TMA needs unit stride along D and 16-byte aligned
+    rows: the launch functions check, `tma_eligible`.)"""
+    if TMA:
+        return tl.make_tensor_descriptor(base, shape=[S, D], strides=[stride_s, 1], block_shape=[BLOCK_S, BLOCK_D])
+    else:
+        return base
+
+
+@triton.jit
+def _load_rows(source, start, S, D, stride_s, stride_d, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+               TMA: tl.constexpr):
+    """Rows [start, start + BLOCK_S) x columns [0, BLOCK_D) of a slice from `_head_slice`, zero
+    past S rows and D columns (a descriptor's out-of-bounds fill, or the load's mask)."""
+    if TMA:
+        return source.load([start, 0])
+    else:
+        rows = start + tl.arange(0, BLOCK_S)
+        cols = tl.arange(0, BLOCK_D)
+        return tl.load(source + rows.to(tl.int64)[:, None] * stride_s + cols[None, :] * stride_d,
+                       mask=(rows < S)[:, None] & (cols < D)[None, :], other=0.0)
+
+
+@triton.jit
 def _tile_2d(base, rows, cols, stride_r, stride_c, num_rows, num_cols):
     """Pointers and mask of a [rows, cols] tile of a 2-D strided slice (rows: int index vector)."""
     ptrs = base + rows.to(tl.int64)[:, None] * stride_r + cols.to(tl.int64)[None, :] * stride_c
@@ -162,24 +199,19 @@ def _tile_2d(base, rows, cols, stride_r, stride_c, num_rows, num_cols):
 
 @triton.jit
 def _forward_tiles(
-    acc, l_i, m_i, q, k_base, v_base, mask_base, seed, row,
+    acc, l_i, m_i, q, k_source, v_source, mask_base, seed, row,
     offs_m, n_begin, n_end, Sq, Sk, D, DV,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_maskm, stride_maskn,
     qk_scale2, log2e, inv_keep, dropout_p,
     MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr, CHECK_KEYS: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr, TMA: tl.constexpr,
 ):
     """Online softmax over key blocks [n_begin, n_end): returns the updated (acc, l, m)."""
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for n_start in range(n_begin, n_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
-        # k^T as a [BLOCK_D, BLOCK_N] tile: the transpose is only a swap of strides. (Pointer
-        # math inline in the loops: each helper call costs Python time under the interpreter.)
-        key_ok = offs_n < Sk
-        kt = tl.load(k_base + offs_d[:, None] * stride_kd + offs_n.to(tl.int64)[None, :] * stride_kn,
-                     mask=(offs_d < D)[:, None] & key_ok[None, :], other=0.0)
+        # k^T as a [BLOCK_D, BLOCK_N] tile: the dot reads the loaded k tile transposed.
+        kt = tl.trans(_load_rows(k_source, n_start, Sk, D, stride_kn, stride_kd, BLOCK_N, BLOCK_D, TMA))
         qk = dot_accumulate(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=acc.dtype), INPUT_PRECISION,
                             UPCAST_OPERANDS)
         s = _scores(qk, offs_m[:, None], offs_n[None, :], Sq, Sk, mask_base, stride_maskm, stride_maskn,
@@ -194,8 +226,7 @@ def _forward_tiles(
         if DROPOUT:
             # The normaliser l sums the undropped p: dropout acts on softmax(S), after normalising.
             p = p * _dropout_scale(seed, row, offs_m[:, None], offs_n[None, :], Sk, dropout_p, inv_keep)
-        v = tl.load(v_base + offs_n.to(tl.int64)[:, None] * stride_vn + offs_dv[None, :] * stride_vd,
-                    mask=key_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+        v = _load_rows(v_source, n_start, Sk, DV, stride_vn, stride_vd, BLOCK_N, BLOCK_DV, TMA)
         acc = acc * alpha[:, None]
         acc = dot_accumulate(p.to(v.dtype), v, acc, INPUT_PRECISION, UPCAST_OPERANDS)
         m_i = m_new
@@ -220,7 +251,7 @@ def _causal_key_ranges(m_block, Sq, Sk, BLOCK_M: tl.constexpr, BLOCK_N: tl.const
 @triton.jit
 def attention_forward_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, mask_ptr, seed_ptr, scales_ptr,
-    Sq, Sk, D, DV, Hq, group, num_m_blocks,
+    Sq, Sk, D, DV, Hq, group,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -229,21 +260,23 @@ def attention_forward_kernel(
     dropout_p,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr, TMA: tl.constexpr,
 ):
-    m_block, b, h = _program_ids(num_m_blocks, Hq)
+    # The block count comes from BLOCK_M here, not from the launch: the autotuner may pick the tile.
+    m_block, b, h = _program_ids(tl.cdiv(Sq, BLOCK_M), Hq)
     kv_h = h // group
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     _, qk_scale2, log2e, inv_keep = _load_scales(scales_ptr)
     seed = tl.load(seed_ptr)
 
-    q_ptrs, q_mask = _tile_2d(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh,
-                              offs_m, offs_d, stride_qm, stride_qd, Sq, D)
-    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-    k_base = k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh
-    v_base = v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh
+    q_source = _head_slice(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, Sq, D, stride_qm,
+                           BLOCK_M, BLOCK_D, TMA)
+    q = _load_rows(q_source, m_block * BLOCK_M, Sq, D, stride_qm, stride_qd, BLOCK_M, BLOCK_D, TMA)
+    k_source = _head_slice(k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh, Sk, D, stride_kn,
+                           BLOCK_N, BLOCK_D, TMA)
+    v_source = _head_slice(v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh, Sk, DV, stride_vn,
+                           BLOCK_N, BLOCK_DV, TMA)
     mask_base = mask_ptr + b.to(tl.int64) * stride_maskb + h.to(tl.int64) * stride_maskh
     row = (b * Hq + h).to(tl.int64) * Sq
 
@@ -252,15 +285,15 @@ def attention_forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC_DTYPE)
     n_full, n_end = _causal_key_ranges(m_block, Sq, Sk, BLOCK_M, BLOCK_N, IS_CAUSAL)
     acc, l_i, m_i = _forward_tiles(
-        acc, l_i, m_i, q, k_base, v_base, mask_base, seed, row, offs_m, 0, n_full, Sq, Sk, D, DV,
+        acc, l_i, m_i, q, k_source, v_source, mask_base, seed, row, offs_m, 0, n_full, Sq, Sk, D, DV,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_maskm, stride_maskn,
         qk_scale2, log2e, inv_keep, dropout_p,
-        MASK_KIND, DROPOUT, False, False, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS)
+        MASK_KIND, DROPOUT, False, False, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS, TMA)
     acc, l_i, m_i = _forward_tiles(
-        acc, l_i, m_i, q, k_base, v_base, mask_base, seed, row, offs_m, n_full, n_end, Sq, Sk, D, DV,
+        acc, l_i, m_i, q, k_source, v_source, mask_base, seed, row, offs_m, n_full, n_end, Sq, Sk, D, DV,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_maskm, stride_maskn,
         qk_scale2, log2e, inv_keep, dropout_p,
-        MASK_KIND, DROPOUT, True, IS_CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS)
+        MASK_KIND, DROPOUT, True, IS_CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS, TMA)
 
     # A row that sees no key at all (l = 0) outputs 0, as torch's math backend does, and keeps
     # lse = -inf, which the backward reads as "no gradient".
@@ -299,34 +332,29 @@ def attention_backward_preprocess_kernel(
 
 @triton.jit
 def _dkdv_tiles(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, mask_base, seed, row,
+    dk, dv, k, v, q_source, do_source, lse_base, delta_base, mask_base, seed, row,
     offs_n, m_begin, m_end, Sq, Sk, D, DV,
     stride_qm, stride_qd, stride_dom, stride_dod, stride_maskm, stride_maskn,
     qk_scale2, log2e, inv_keep, dropout_p,
     MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr, TMA: tl.constexpr,
 ):
     """dK and dV of one key block from query blocks [m_begin, m_end) of one query head.
 
     Tiles are transposed, [BLOCK_N keys, BLOCK_M queries], so that P^T and dS^T come out of the
     dots directly. Keys past Sk need no select: their rows of dK and dV are never stored.
     """
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for m_start in range(m_begin, m_end, BLOCK_M):
         offs_m = m_start + tl.arange(0, BLOCK_M)
-        query_ok = offs_m < Sq
-        qt = tl.load(q_base + offs_d[:, None] * stride_qd + offs_m.to(tl.int64)[None, :] * stride_qm,
-                     mask=(offs_d < D)[:, None] & query_ok[None, :], other=0.0)
+        qt = tl.trans(_load_rows(q_source, m_start, Sq, D, stride_qm, stride_qd, BLOCK_M, BLOCK_D, TMA))
         lse, delta = _load_row_stats(lse_base, delta_base, offs_m, Sq)
         kq = dot_accumulate(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=dk.dtype), INPUT_PRECISION,
                             UPCAST_OPERANDS)
         st = _scores(kq, offs_m[None, :], offs_n[:, None], Sq, Sk, mask_base, stride_maskm, stride_maskn,
                      qk_scale2, log2e, MASK_KIND, False, APPLY_CAUSAL)
         pt = tl.math.exp2(st - lse[None, :])
-        do = tl.load(do_base + offs_m.to(tl.int64)[:, None] * stride_dom + offs_dv[None, :] * stride_dod,
-                     mask=query_ok[:, None] & (offs_dv < DV)[None, :], other=0.0)
+        do = _load_rows(do_source, m_start, Sq, DV, stride_dom, stride_dod, BLOCK_M, BLOCK_DV, TMA)
         # dP^T = v dO^T, the gradient of the (dropped) probabilities.
         dpt = dot_accumulate(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=dk.dtype), INPUT_PRECISION,
                              UPCAST_OPERANDS)
@@ -346,7 +374,7 @@ def _dkdv_tiles(
 @triton.jit
 def attention_backward_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, mask_ptr, seed_ptr, scales_ptr,
-    Sq, Sk, D, DV, Hq, Hkv, group, num_n_blocks,
+    Sq, Sk, D, DV, Hq, Hkv, group,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -357,21 +385,21 @@ def attention_backward_dkdv_kernel(
     dropout_p,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, DROPOUT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr, TMA: tl.constexpr,
 ):
-    n_block, b, kv_h = _program_ids(num_n_blocks, Hkv)
+    n_block, b, kv_h = _program_ids(tl.cdiv(Sk, BLOCK_N), Hkv)
     offs_n = n_block * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     scale, qk_scale2, log2e, inv_keep = _load_scales(scales_ptr)
     seed = tl.load(seed_ptr)
 
-    k_ptrs, k_mask = _tile_2d(k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh,
-                              offs_n, offs_d, stride_kn, stride_kd, Sk, D)
-    v_ptrs, v_mask = _tile_2d(v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh,
-                              offs_n, offs_dv, stride_vn, stride_vd, Sk, DV)
-    k = tl.load(k_ptrs, mask=k_mask, other=0.0)
-    v = tl.load(v_ptrs, mask=v_mask, other=0.0)
+    k_source = _head_slice(k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh, Sk, D, stride_kn,
+                           BLOCK_N, BLOCK_D, TMA)
+    v_source = _head_slice(v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh, Sk, DV, stride_vn,
+                           BLOCK_N, BLOCK_DV, TMA)
+    k = _load_rows(k_source, n_block * BLOCK_N, Sk, D, stride_kn, stride_kd, BLOCK_N, BLOCK_D, TMA)
+    v = _load_rows(v_source, n_block * BLOCK_N, Sk, DV, stride_vn, stride_vd, BLOCK_N, BLOCK_DV, TMA)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_DTYPE)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=ACC_DTYPE)
 
@@ -387,22 +415,25 @@ def attention_backward_dkdv_kernel(
     # happens in registers, deterministic and without atomics.
     for g in range(0, group):
         h = kv_h * group + g
-        q_base = q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        do_base = do_ptr + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        q_source = _head_slice(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, Sq, D, stride_qm,
+                               BLOCK_M, BLOCK_D, TMA)
+        do_source = _head_slice(do_ptr + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh, Sq, DV,
+                                stride_dom, BLOCK_M, BLOCK_DV, TMA)
         row = (b * Hq + h).to(tl.int64) * Sq
         mask_base = mask_ptr + b.to(tl.int64) * stride_maskb + h.to(tl.int64) * stride_maskh
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, lse_ptr + row, delta_ptr + row, mask_base, seed, row,
+            dk, dv, k, v, q_source, do_source, lse_ptr + row, delta_ptr + row, mask_base, seed, row,
             offs_n, m_first, m_diagonal_end, Sq, Sk, D, DV,
             stride_qm, stride_qd, stride_dom, stride_dod, stride_maskm, stride_maskn,
             qk_scale2, log2e, inv_keep, dropout_p,
-            MASK_KIND, DROPOUT, IS_CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS)
+            MASK_KIND, DROPOUT, IS_CAUSAL, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS,
+            TMA)
         dk, dv = _dkdv_tiles(
-            dk, dv, k, v, q_base, do_base, lse_ptr + row, delta_ptr + row, mask_base, seed, row,
+            dk, dv, k, v, q_source, do_source, lse_ptr + row, delta_ptr + row, mask_base, seed, row,
             offs_n, tl.maximum(m_first, m_diagonal_end), Sq, Sq, Sk, D, DV,
             stride_qm, stride_qd, stride_dom, stride_dod, stride_maskm, stride_maskn,
             qk_scale2, log2e, inv_keep, dropout_p,
-            MASK_KIND, DROPOUT, False, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS)
+            MASK_KIND, DROPOUT, False, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS, TMA)
 
     # S = q k^T * scale: the scale comes out of the sum once, here.
     dk_ptrs, dk_mask = _tile_2d(dk_ptr + b.to(tl.int64) * stride_dkb + kv_h.to(tl.int64) * stride_dkh,
@@ -415,25 +446,21 @@ def attention_backward_dkdv_kernel(
 
 @triton.jit
 def _dq_tiles(
-    dq, q, do, lse, delta, k_base, v_base, mask_base, ds_base, seed, row,
+    dq, q, do, lse, delta, k_source, v_source, mask_base, ds_base, seed, row,
     offs_m, n_begin, n_end, Sq, Sk, D, DV,
     stride_kn, stride_kd, stride_vn, stride_vd, stride_maskm, stride_maskn,
     qk_scale2, log2e, inv_keep, dropout_p,
     MASK_KIND: tl.constexpr, DROPOUT: tl.constexpr, STORE_DS: tl.constexpr,
     CHECK_KEYS: tl.constexpr, APPLY_CAUSAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr, TMA: tl.constexpr,
 ):
     """dQ of one query block from key blocks [n_begin, n_end); optionally stores dS."""
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     for n_start in range(n_begin, n_end, BLOCK_N):
         offs_n = n_start + tl.arange(0, BLOCK_N)
         key_ok = offs_n < Sk
-        kt = tl.load(k_base + offs_d[:, None] * stride_kd + offs_n.to(tl.int64)[None, :] * stride_kn,
-                     mask=(offs_d < D)[:, None] & key_ok[None, :], other=0.0)
-        vt = tl.load(v_base + offs_dv[:, None] * stride_vd + offs_n.to(tl.int64)[None, :] * stride_vn,
-                     mask=(offs_dv < DV)[:, None] & key_ok[None, :], other=0.0)
+        kt = tl.trans(_load_rows(k_source, n_start, Sk, D, stride_kn, stride_kd, BLOCK_N, BLOCK_D, TMA))
+        vt = tl.trans(_load_rows(v_source, n_start, Sk, DV, stride_vn, stride_vd, BLOCK_N, BLOCK_DV, TMA))
         qk = dot_accumulate(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=dq.dtype), INPUT_PRECISION,
                             UPCAST_OPERANDS)
         s = _scores(qk, offs_m[:, None], offs_n[None, :], Sq, Sk, mask_base, stride_maskm, stride_maskn,
@@ -455,7 +482,7 @@ def _dq_tiles(
 @triton.jit
 def attention_backward_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, ds_ptr, mask_ptr, seed_ptr, scales_ptr,
-    Sq, Sk, D, DV, Hq, group, num_m_blocks,
+    Sq, Sk, D, DV, Hq, group,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
@@ -465,26 +492,27 @@ def attention_backward_dq_kernel(
     dropout_p,
     MASK_KIND: tl.constexpr, IS_CAUSAL: tl.constexpr, DROPOUT: tl.constexpr, STORE_DS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, INPUT_PRECISION: tl.constexpr, UPCAST_OPERANDS: tl.constexpr, TMA: tl.constexpr,
 ):
-    m_block, b, h = _program_ids(num_m_blocks, Hq)
+    m_block, b, h = _program_ids(tl.cdiv(Sq, BLOCK_M), Hq)
     kv_h = h // group
     offs_m = m_block * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
     scale, qk_scale2, log2e, inv_keep = _load_scales(scales_ptr)
     seed = tl.load(seed_ptr)
 
-    q_ptrs, q_mask = _tile_2d(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh,
-                              offs_m, offs_d, stride_qm, stride_qd, Sq, D)
-    q = tl.load(q_ptrs, mask=q_mask, other=0.0)
-    do_ptrs, do_mask = _tile_2d(do_ptr + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh,
-                                offs_m, offs_dv, stride_dom, stride_dod, Sq, DV)
-    do = tl.load(do_ptrs, mask=do_mask, other=0.0)
+    q_source = _head_slice(q_ptr + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh, Sq, D, stride_qm,
+                           BLOCK_M, BLOCK_D, TMA)
+    q = _load_rows(q_source, m_block * BLOCK_M, Sq, D, stride_qm, stride_qd, BLOCK_M, BLOCK_D, TMA)
+    do_source = _head_slice(do_ptr + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh, Sq, DV, stride_dom,
+                            BLOCK_M, BLOCK_DV, TMA)
+    do = _load_rows(do_source, m_block * BLOCK_M, Sq, DV, stride_dom, stride_dod, BLOCK_M, BLOCK_DV, TMA)
     row = (b * Hq + h).to(tl.int64) * Sq
     lse, delta = _load_row_stats(lse_ptr + row, delta_ptr + row, offs_m, Sq)
-    k_base = k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh
-    v_base = v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh
+    k_source = _head_slice(k_ptr + b.to(tl.int64) * stride_kb + kv_h.to(tl.int64) * stride_kh, Sk, D, stride_kn,
+                           BLOCK_N, BLOCK_D, TMA)
+    v_source = _head_slice(v_ptr + b.to(tl.int64) * stride_vb + kv_h.to(tl.int64) * stride_vh, Sk, DV, stride_vn,
+                           BLOCK_N, BLOCK_DV, TMA)
     mask_base = mask_ptr + b.to(tl.int64) * stride_maskb + h.to(tl.int64) * stride_maskh
     # dS, when asked for, is a dense (B, Hq, Sq, Sk) buffer, zero where a key is never visited.
     ds_base = ds_ptr + row * Sk
@@ -492,15 +520,15 @@ def attention_backward_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
     n_full, n_end = _causal_key_ranges(m_block, Sq, Sk, BLOCK_M, BLOCK_N, IS_CAUSAL)
     dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, mask_base, ds_base, seed, row, offs_m, 0, n_full, Sq, Sk, D, DV,
+        dq, q, do, lse, delta, k_source, v_source, mask_base, ds_base, seed, row, offs_m, 0, n_full, Sq, Sk, D, DV,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_maskm, stride_maskn,
         qk_scale2, log2e, inv_keep, dropout_p, MASK_KIND, DROPOUT, STORE_DS, False, False,
-        BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS)
+        BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS, TMA)
     dq = _dq_tiles(
-        dq, q, do, lse, delta, k_base, v_base, mask_base, ds_base, seed, row, offs_m, n_full, n_end, Sq, Sk, D, DV,
+        dq, q, do, lse, delta, k_source, v_source, mask_base, ds_base, seed, row, offs_m, n_full, n_end, Sq, Sk, D, DV,
         stride_kn, stride_kd, stride_vn, stride_vd, stride_maskm, stride_maskn,
         qk_scale2, log2e, inv_keep, dropout_p, MASK_KIND, DROPOUT, STORE_DS, True, IS_CAUSAL,
-        BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS)
+        BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DV, INPUT_PRECISION, UPCAST_OPERANDS, TMA)
 
     dq_ptrs, dq_mask = _tile_2d(dq_ptr + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh,
                                 offs_m, offs_d, stride_dqm, stride_dqd, Sq, D)
@@ -517,13 +545,21 @@ def _head_block(d: int) -> int:
     return max(16, _next_pow2(d))
 
 
-def _tiles(table, dtype, head_block, rows, cols):
-    """(BLOCK_rows, BLOCK_cols, num_warps, num_stages) from `table`, clamped to small problems."""
-    by_head = table[torch.empty((), dtype=dtype).element_size()]
-    block_rows, block_cols, num_warps, num_stages = by_head[min(b for b in by_head if b >= head_block)]
+def _configs(table, alternatives, dtype, head_block, rows, cols):
+    """The configs of one pass, as `launch_tuned` takes them: the table's (BLOCK_M, BLOCK_N,
+    num_warps, num_stages) for this dtype and head dim, clamped to small problems, then, where
+    nothing was clamped, the pass's 16-bit GPU alternatives."""
+    size = dtype.itemsize
+    by_head = table[size]
+    head = min(b for b in by_head if b >= head_block)
+    block_rows, block_cols, num_warps, num_stages = by_head[head]
     if backend.interpreting():
         block_rows = block_cols = INTERPRETER_BLOCK
-    return _block(rows, 16, block_rows), _block(cols, 16, block_cols), num_warps, num_stages
+    tiles = [(_block(rows, 16, block_rows), _block(cols, 16, block_cols), num_warps, num_stages)]
+    if size == 2 and tiles[0] == by_head[head]:
+        tiles += alternatives.get(head, [])
+    names = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+    return [dict(zip(names, config)) for config in tiles]
 
 
 def _scales(scale, dropout_p, dtype, device):
@@ -547,9 +583,34 @@ def _mask_args(mask, like):
     return mask, mask.stride(), BOOL_MASK if mask.dtype == torch.bool else ADDITIVE_MASK
 
 
-def _common(q, k, v, dropout_p):
+def tma_eligible(*tensors) -> bool:
+    """Whether every (B, H, S, D) operand can be read through tensor descriptors (TMA): unit
+    stride along D, and a 16-byte aligned start and batch, head and row steps. A slice of a
+    fused QKV projection qualifies when its head dim does; other layouts take pointer loads."""
+    for t in tensors:
+        size = t.element_size()
+        try:
+            address = t.data_ptr()
+        except RuntimeError:
+            # A fake tensor (torch.compile's tracing) has no address; its launch runs no kernel.
+            address = t.storage_offset() * size
+        # A descriptor needs every dim at least 1 (head dim 0 is uniform attention, on pointers).
+        if address % 16 or min(t.shape[2], t.shape[3]) == 0 or (t.shape[3] > 1 and t.stride(3) != 1):
+            return False
+        # The row stride is the descriptor's own, checked whatever S is; the batch and head
+        # steps only move its start, and a dim of size 1 never steps.
+        if (t.stride(2) * size) % 16 or any(t.shape[d] > 1 and (t.stride(d) * size) % 16 for d in range(2)):
+            return False
+    return True
+
+
+def _common(q, k, v, dropout_p, *loaded):
+    """The options every attention kernel takes; `loaded` are the operands it reads by tiles."""
+    tma = tma_eligible(*loaded)
+    if tma and not backend.interpreting():
+        ensure_scratch_allocator()
     return dict(ACC_DTYPE=accumulator_dtype(q.dtype), BLOCK_D=_head_block(q.shape[-1]),
-                BLOCK_DV=_head_block(v.shape[-1]), DROPOUT=dropout_p > 0,
+                BLOCK_DV=_head_block(v.shape[-1]), DROPOUT=dropout_p > 0, TMA=tma,
                 **dot_options(q.dtype, _allow_tf32(TF32_FLAG)))
 
 
@@ -572,17 +633,19 @@ def forward(q, k, v, mask, is_causal, scale, dropout_p, seed, out_order=(0, 1, 2
     if o.numel() == 0 or Sk == 0:
         # No key at all: every row is fully masked, which outputs 0 (as torch does).
         return o.zero_(), lse.fill_(float("-inf"))
-    options = _common(q, k, v, dropout_p)
-    block_m, block_n, num_warps, num_stages = _tiles(FORWARD_TILES, q.dtype, max(options["BLOCK_D"],
-                                                     options["BLOCK_DV"]), Sq, Sk)
+    options = _common(q, k, v, dropout_p, q, k, v)
+    configs = _configs(FORWARD_TILES, GPU_ALTERNATIVES["forward"], q.dtype,
+                       max(options["BLOCK_D"], options["BLOCK_DV"]), Sq, Sk)
     mask_arg, mask_strides, mask_kind = _mask_args(mask, q)
-    num_m_blocks = triton.cdiv(Sq, block_m)
-    launch(attention_forward_kernel, (num_m_blocks * B * Hq,))(
+
+    def grid(meta):
+        return (cdiv(Sq, meta["BLOCK_M"]) * B * Hq,)
+
+    launch_tuned(attention_forward_kernel, grid, configs, key=("Sq", "Sk", "D", "DV"))(
         q, k, v, o, lse, mask_arg, seed, _scales(scale, dropout_p, q.dtype, q.device),
-        Sq, Sk, D, DV, Hq, Hq // Hkv, num_m_blocks,
+        Sq, Sk, D, DV, Hq, Hq // Hkv,
         *q.stride(), *k.stride(), *v.stride(), *o.stride(), *mask_strides, float(dropout_p),
-        MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=num_warps, num_stages=num_stages, **options,
+        MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), **options,
     )
     return o, lse
 
@@ -608,35 +671,37 @@ def backward(do, q, k, v, o, lse, mask, is_causal, scale, dropout_p, seed,
     if empty:
         return dq, dk, dv, dmask
 
-    options = _common(q, k, v, dropout_p)
+    options = _common(q, k, v, dropout_p, q, k, v, do)
     mask_arg, mask_strides, mask_kind = _mask_args(mask, q)
     scales = _scales(scale, dropout_p, q.dtype, q.device)
     delta = torch.empty((B, Hq, Sq), device=q.device, dtype=acc_torch)
-    num_m_blocks = triton.cdiv(Sq, PREPROCESS_BLOCK_M)
+    num_m_blocks = cdiv(Sq, PREPROCESS_BLOCK_M)
     launch(attention_backward_preprocess_kernel, (num_m_blocks * B * Hq,))(
         o, do, delta, Sq, DV, Hq, num_m_blocks, *o.stride(), *do.stride(),
         BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_DV=options["BLOCK_DV"], ACC_DTYPE=options["ACC_DTYPE"], num_warps=4,
     )
     head_block = max(options["BLOCK_D"], options["BLOCK_DV"])
     if need_kv:
-        block_m, block_n, num_warps, num_stages = _tiles(DKDV_TILES, q.dtype, head_block, Sq, Sk)
-        num_n_blocks = triton.cdiv(Sk, block_n)
-        launch(attention_backward_dkdv_kernel, (num_n_blocks * B * Hkv,))(
+        def dkdv_grid(meta):
+            return (cdiv(Sk, meta["BLOCK_N"]) * B * Hkv,)
+
+        configs = _configs(DKDV_TILES, GPU_ALTERNATIVES["dkdv"], q.dtype, head_block, Sq, Sk)
+        launch_tuned(attention_backward_dkdv_kernel, dkdv_grid, configs, key=("Sq", "Sk", "D", "DV"))(
             q, k, v, do, lse, delta, dk, dv, mask_arg, seed, scales,
-            Sq, Sk, D, DV, Hq, Hkv, Hq // Hkv, num_n_blocks,
+            Sq, Sk, D, DV, Hq, Hkv, Hq // Hkv,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride(), *dv.stride(), *mask_strides,
-            float(dropout_p), MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), BLOCK_M=block_m, BLOCK_N=block_n,
-            num_warps=num_warps, num_stages=num_stages, **options,
+            float(dropout_p), MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), **options,
         )
     if need_q or need_mask:
         dq_out = dq if need_q else torch.empty_like(q, memory_format=torch.contiguous_format)
-        block_m, block_n, num_warps, num_stages = _tiles(DQ_TILES, q.dtype, head_block, Sq, Sk)
-        num_m_blocks = triton.cdiv(Sq, block_m)
-        launch(attention_backward_dq_kernel, (num_m_blocks * B * Hq,))(
+        def dq_grid(meta):
+            return (cdiv(Sq, meta["BLOCK_M"]) * B * Hq,)
+
+        configs = _configs(DQ_TILES, GPU_ALTERNATIVES["dq"], q.dtype, head_block, Sq, Sk)
+        launch_tuned(attention_backward_dq_kernel, dq_grid, configs, key=("Sq", "Sk", "D", "DV"))(
             q, k, v, do, lse, delta, dq_out, dmask if need_mask else delta, mask_arg, seed, scales,
-            Sq, Sk, D, DV, Hq, Hq // Hkv, num_m_blocks,
+            Sq, Sk, D, DV, Hq, Hq // Hkv,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq_out.stride(), *mask_strides,
-            float(dropout_p), MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), STORE_DS=need_mask,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **options,
+            float(dropout_p), MASK_KIND=mask_kind, IS_CAUSAL=bool(is_causal), STORE_DS=need_mask, **options,
         )
     return dq, dk, dv, dmask

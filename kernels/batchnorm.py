@@ -34,8 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import (_block, _next_pow2, accumulator_dtype, accumulator_torch_dtype, chan_merge,
-                                        launch, merge_dims, parallel_programs)
+from tritonprop.kernels._common import (_block, _next_pow2, accumulator_dtype, accumulator_torch_dtype, cached_plan,
+                                        cdiv, chan_merge, launch, merge_dims, parallel_programs)
 from tritonprop.kernels.activations import relu
 from tritonprop.kernels.reduction import sum_partials
 
@@ -339,6 +339,7 @@ def batch_norm_backward_input_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
+@cached_plan  # the forward and backward ask twice per launch: `collapsible`, then `Layout`
 def reduction_axes(shape, *strides):
     """Merge the reduction dims (all but dim 1) of same-shaped tensors into at most two axes.
 
@@ -352,7 +353,7 @@ def reduction_axes(shape, *strides):
     while len(axes) < 2:
         axes.insert(0, [1, [0] * len(strides)])
     sizes = (axes[0][0], axes[1][0])
-    per_tensor = [(axes[0][1][k], axes[1][1][k], t[1]) for k, t in enumerate(strides)]
+    per_tensor = tuple((axes[0][1][k], axes[1][1][k], t[1]) for k, t in enumerate(strides))
     return sizes, per_tensor
 
 
@@ -372,23 +373,23 @@ def plan_tiles(O: int, I: int, C: int, stride_i: int, stride_c: int):
 
 def _grid_counts(O, I, C, tiles):
     block_o, block_i, block_c = tiles
-    return triton.cdiv(C, block_c), triton.cdiv(O, block_o), triton.cdiv(I, block_i)
+    return cdiv(C, block_c), cdiv(O, block_o), cdiv(I, block_i)
 
 
 def _chunking(num_c_blocks, num_o_blocks, num_i_tiles, device, chunks=None):
     """Split each row of inner tiles into chunks so the split reduction fills the device."""
     if chunks is None:
         wanted = parallel_programs(device)
-        chunks = triton.cdiv(wanted, num_c_blocks * num_o_blocks)
+        chunks = cdiv(wanted, num_c_blocks * num_o_blocks)
     chunks = max(1, min(int(chunks), num_i_tiles))
-    tiles_per_chunk = triton.cdiv(num_i_tiles, chunks)
-    return triton.cdiv(num_i_tiles, tiles_per_chunk), tiles_per_chunk
+    tiles_per_chunk = cdiv(num_i_tiles, chunks)
+    return cdiv(num_i_tiles, tiles_per_chunk), tiles_per_chunk
 
 
 def _channel_blocks(C):
     """Block size and grid of the per-channel kernels (the statistics merge and eval statistics)."""
     block_c = min(_next_pow2(C), 128)
-    return block_c, (triton.cdiv(C, block_c),)
+    return block_c, (cdiv(C, block_c),)
 
 
 class Layout:

@@ -33,7 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import _next_pow2, accumulator_dtype, accumulator_torch_dtype, launch, merge_dims
+from tritonprop.kernels._common import (_next_pow2, accumulator_dtype, accumulator_torch_dtype, cached_plan, cdiv,
+                                        launch, merge_dims)
 
 # Elements per tile: wide enough for full-width loads, small enough for registers (16 fp32 values
 # per thread at 8 warps). A row longer than MAX_BLOCK_C is walked in column blocks; tests lower
@@ -493,6 +494,7 @@ def cross_entropy_probs_backward_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
+@cached_plan  # each launch function asks for several runs of dims
 def _one_axis(sizes, strides):
     """(size, stride) of a run of dims that steps through memory as one axis, or None if it cannot."""
     axes = merge_dims(sizes, range(len(sizes)), [strides])
@@ -557,7 +559,7 @@ def plan_blocks(rows: int, C: int, stride_c: int):
 
 def _launch_kwargs(rows, C, stride_c):
     block_r, block_c, num_warps = plan_blocks(rows, C, stride_c)
-    return (triton.cdiv(rows, block_r),), dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps)
+    return (cdiv(rows, block_r),), dict(BLOCK_R=block_r, BLOCK_C=block_c, num_warps=num_warps)
 
 
 def _check_reduction(reduction):
@@ -658,10 +660,10 @@ def cross_entropy_forward(logits, target, weight, reduction, ignore_index, label
     loss, part_loss, part_weight = _loss_buffers(target.shape, target.device, logits.dtype, reduction, grid[0])
     lse = torch.empty(R, device=logits.device, dtype=acc_torch)
     smoothing = label_smoothing > 0.0
-    weight_sum = _weight_sum(weight, C, logits.dtype, logits.device) if smoothing else lse
+    weight_sum, coefficients = _smoothing_args(label_smoothing, weight, logits, lse)
     if R:
         launch(cross_entropy_forward_kernel, grid)(
-            logits, target, weight if weight is not None else lse, weight_sum, _smoothing(label_smoothing, C, logits),
+            logits, target, weight if weight is not None else lse, weight_sum, coefficients,
             lse, loss, part_loss, part_weight, R, C, inner, ignore_index, sxo, sxi, sxc, sto, sti,
             HAS_WEIGHT=weight is not None, SMOOTHING=smoothing, PER_ROW_LOSS=reduction == "none",
             **blocks, ACC_DTYPE=accumulator_dtype(logits.dtype),
@@ -685,10 +687,10 @@ def cross_entropy_backward(grad, logits, target, weight, lse, total_weight, redu
     target, (sto, sti) = _per_row_strides(target)
     grad, (sgo, sgi) = _per_row_strides(grad)
     smoothing = label_smoothing > 0.0
-    weight_sum = _weight_sum(weight, C, logits.dtype, logits.device) if smoothing else lse
+    weight_sum, coefficients = _smoothing_args(label_smoothing, weight, logits, lse)
     grid, blocks = _launch_kwargs(R, C, sxc)
     launch(cross_entropy_backward_kernel, grid)(
-        logits, target, weight if weight is not None else lse, weight_sum, _smoothing(label_smoothing, C, logits),
+        logits, target, weight if weight is not None else lse, weight_sum, coefficients,
         lse, grad, total_weight, dx, R, C, inner, ignore_index,
         sxo, sxi, sxc, sto, sti, sgo, sgi, sdxo, sdxi, sdxc,
         HAS_WEIGHT=weight is not None, SMOOTHING=smoothing, MEAN=reduction == "mean",
@@ -705,7 +707,7 @@ def nll_loss_forward(input, target, weight, reduction, ignore_index):
     target, (sto, sti) = _per_row_strides(target)
     # One gathered element per row: a one-dimensional tile of rows.
     block_r = min(_next_pow2(R), TILE_ELEMENTS)
-    num_programs = triton.cdiv(R, block_r)
+    num_programs = cdiv(R, block_r)
     loss, part_loss, part_weight = _loss_buffers(target.shape, target.device, input.dtype, reduction,
                                                   num_programs)
     if R:
@@ -743,6 +745,16 @@ def _smoothing(label_smoothing, classes, logits):
     fp64 gradchecks need these exact."""
     values = [1.0 - label_smoothing, label_smoothing / classes]
     return torch.tensor(values, dtype=accumulator_torch_dtype(logits.dtype), device=logits.device)
+
+
+def _smoothing_args(label_smoothing, weight, logits, placeholder):
+    """(sum_c w_c, (1 - eps, eps / C)) for the class-index kernels. Without smoothing they read
+    neither, and `placeholder` (a tensor of the accumulator dtype) stands in for both: new tensors
+    would cost allocations, and on a GPU a host-to-device copy, on every call."""
+    if not label_smoothing > 0.0:  # as the callers' SMOOTHING flag reads it
+        return placeholder, placeholder
+    classes = logits.shape[1]
+    return _weight_sum(weight, classes, logits.dtype, logits.device), _smoothing(label_smoothing, classes, logits)
 
 
 def cross_entropy_probs_forward(logits, target, weight, reduction, label_smoothing):

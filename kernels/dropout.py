@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, launch, plan, strided_offsets, unravel
+from tritonprop.kernels._common import accumulator_dtype, cdiv, launch, plan, strided_offsets, unravel
 
 # Groups of four elements per program (1024 elements). Not autotuned, like every kernel here.
 BLOCK_GROUPS = 256
@@ -88,7 +88,7 @@ def forward(x, seed, p, out=None):
     numel = D0 * D1 * D2 * D3
     # At p = 1 nothing is kept (u < 1 always), so the scale is never used; 0 avoids 1/0.
     scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
-    launch(dropout_kernel, (triton.cdiv(numel, 4 * BLOCK_GROUPS),))(
+    launch(dropout_kernel, (cdiv(numel, 4 * BLOCK_GROUPS),))(
         x, y, seed, numel, p, scale, D1, D2, D3, *layout.strides[0], *layout.strides[1],
         FLAT=layout.flat, BLOCK_GROUPS=BLOCK_GROUPS, ACC_DTYPE=accumulator_dtype(x.dtype), num_warps=NUM_WARPS,
     )

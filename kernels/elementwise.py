@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import accumulator_dtype, launch, plan, strided_offsets, unravel
+from tritonprop.kernels._common import accumulator_dtype, cdiv, launch, plan, strided_offsets, unravel
 from tritonprop.kernels.activations import ACTIVATIONS, apply_activation, apply_activation_grad
 
 # Elements per program: 8 per thread at 4 warps, one 16-byte access per thread for bf16. Not
@@ -47,13 +47,17 @@ NUM_WARPS = 4
 
 def memory_order(t: torch.Tensor) -> list:
     """t's dims from outermost to innermost in memory (largest stride first; ties keep dim order)."""
-    return sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    strides = t.stride()  # once: each t.stride(d) would be a call into torch
+    # A reversed sort is stable too: equal strides keep their dims' order.
+    return sorted(range(len(strides)), key=strides.__getitem__, reverse=True)
 
 
 def has_internal_overlap(t: torch.Tensor) -> bool:
     """Some memory location holds more than one element (an expanded dim), as torch detects it."""
     # An empty tensor has no element to share a location, however it is strided (torch agrees).
-    return t.numel() > 0 and any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride()))
+    strides = t.stride()
+    # (`0 in strides` first: the usual tensor has no stride 0, and is answered without a loop.)
+    return 0 in strides and t.numel() > 0 and any(stride == 0 and size > 1 for size, stride in zip(t.shape, strides))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,7 +123,7 @@ def activation_backward_kernel(
 def _launch(kernel, tensors, layout, activation, acc_dtype):
     D0, D1, D2, D3 = layout.sizes
     numel = D0 * D1 * D2 * D3
-    launch(kernel, (triton.cdiv(numel, BLOCK),))(
+    launch(kernel, (cdiv(numel, BLOCK),))(
         *tensors, numel, D1, D2, D3, *[s for strides in layout.strides for s in strides],
         ACTIVATION=ACTIVATIONS[activation], FLAT=layout.flat, BLOCK=BLOCK, ACC_DTYPE=acc_dtype,
         num_warps=NUM_WARPS,

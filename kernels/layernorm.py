@@ -35,13 +35,15 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import (_block, accumulator_dtype, accumulator_torch_dtype, chan_merge, launch,
-                                        merge_dims, parallel_programs)
+from tritonprop.kernels._common import (_block, accumulator_dtype, accumulator_torch_dtype, cdiv, chan_merge,
+                                        launch, merge_dims, parallel_programs)
 from tritonprop.kernels.reduction import sum_partials
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
 TILE_ELEMENTS = 4096
+# The backward's, smaller (see plan_backward_blocks).
+BACKWARD_TILE_ELEMENTS = 1024
 # Widest column block. Rows up to this length are handled by one block per row; the backward of
 # longer rows re-reads each row once per column block for its two row sums (see the kernel).
 MAX_BLOCK_N = 4096
@@ -134,6 +136,30 @@ def layer_norm_forward_kernel(
 
 
 @triton.jit
+def _row_means_of_wdy(x_ptr, dy_ptr, weight_ptr, x_rows, dy_rows, row_mask, mean, rstd, N, stride_x_col,
+                      stride_dy_col, stride_weight, HAS_WEIGHT: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """mean(dy * w) and mean(dy * w * xhat) over whole rows longer than one block, one column
+    block at a time (the first pass of the backward when N > BLOCK_N)."""
+    sum_wdy = tl.zeros([BLOCK_M], ACC_DTYPE)
+    sum_wdy_xhat = tl.zeros([BLOCK_M], ACC_DTYPE)
+    for row_col_start in range(0, N, BLOCK_N):
+        row_cols, x_offsets, mask = _tile(x_rows, row_mask, row_col_start, N, stride_x_col, BLOCK_N)
+        _, dy_offsets, _ = _tile(dy_rows, row_mask, row_col_start, N, stride_dy_col, BLOCK_N)
+        x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+        dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
+        row_w = _column_param(weight_ptr, stride_weight, row_cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
+        # Masked positions have dy = 0, so they add nothing to either sum.
+        xhat = (x - mean[:, None]) * rstd[:, None]
+        wdy = dy * row_w[None, :]
+        sum_wdy += tl.sum(wdy, axis=1)
+        sum_wdy_xhat += tl.sum(wdy * xhat, axis=1)
+    mean_wdy = sum_wdy / N
+    mean_wdy_xhat = sum_wdy_xhat / N
+    return mean_wdy, mean_wdy_xhat
+
+
+@triton.jit
 def layer_norm_backward_kernel(
     x_ptr, dy_ptr, dx_ptr, weight_ptr, mean_ptr, rstd_ptr, part_dweight_ptr, part_dbias_ptr,
     M, N, rows_inner, row_blocks_per_chunk,
@@ -143,7 +169,7 @@ def layer_norm_backward_kernel(
     stride_weight,
     HAS_WEIGHT: tl.constexpr, COMPUTE_DX: tl.constexpr,
     COMPUTE_DWEIGHT: tl.constexpr, COMPUTE_DBIAS: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    WHOLE_ROWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACC_DTYPE: tl.constexpr,
 ):
     # Program (chunk, column block): rows of the chunk, columns of the block. Owning a column
     # block lets the dweight/dbias sums stay in registers for the whole chunk.
@@ -164,32 +190,23 @@ def layer_norm_backward_kernel(
         x_rows = _row_offsets(rows, rows_inner, stride_x_outer, stride_x_inner)
         dy_rows = _row_offsets(rows, rows_inner, stride_dy_outer, stride_dy_inner)
 
-        if COMPUTE_DX:
-            # Pass 1: mean(dy * w) and mean(dy * w * xhat) over each whole row. With one column
-            # block per row (N <= BLOCK_N) this is the same tile that pass 2 reads again from cache.
-            sum_wdy = tl.zeros([BLOCK_M], ACC_DTYPE)
-            sum_wdy_xhat = tl.zeros([BLOCK_M], ACC_DTYPE)
-            for row_col_start in range(0, N, BLOCK_N):
-                row_cols, x_offsets, mask = _tile(x_rows, row_mask, row_col_start, N, stride_x_col, BLOCK_N)
-                _, dy_offsets, _ = _tile(dy_rows, row_mask, row_col_start, N, stride_dy_col, BLOCK_N)
-                x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
-                dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
-                row_w = _column_param(weight_ptr, stride_weight, row_cols, N, 1.0, HAS_WEIGHT, ACC_DTYPE)
-                # Masked positions have dy = 0, so they add nothing to either sum.
-                xhat = (x - mean[:, None]) * rstd[:, None]
-                wdy = dy * row_w[None, :]
-                sum_wdy += tl.sum(wdy, axis=1)
-                sum_wdy_xhat += tl.sum(wdy * xhat, axis=1)
-            mean_wdy = sum_wdy / N
-            mean_wdy_xhat = sum_wdy_xhat / N
-
-        # Pass 2: this program's column block.
+        # This program's column block of the rows.
         _, x_offsets, mask = _tile(x_rows, row_mask, col_start, N, stride_x_col, BLOCK_N)
         _, dy_offsets, _ = _tile(dy_rows, row_mask, col_start, N, stride_dy_col, BLOCK_N)
         x = tl.load(x_ptr + x_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
         dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(ACC_DTYPE)
         xhat = (x - mean[:, None]) * rstd[:, None]
         if COMPUTE_DX:
+            if WHOLE_ROWS:
+                # The block holds whole rows (N <= BLOCK_N): the row means come from the tile in
+                # hand, with no second read of x and dy (masked positions have dy = 0).
+                wdy = dy * w[None, :]
+                mean_wdy = tl.sum(wdy, axis=1) / N
+                mean_wdy_xhat = tl.sum(wdy * xhat, axis=1) / N
+            else:
+                mean_wdy, mean_wdy_xhat = _row_means_of_wdy(
+                    x_ptr, dy_ptr, weight_ptr, x_rows, dy_rows, row_mask, mean, rstd, N, stride_x_col, stride_dy_col,
+                    stride_weight, HAS_WEIGHT, BLOCK_M, BLOCK_N, ACC_DTYPE)
             # The paths through the row's mean and variance add the two subtracted terms.
             dx = rstd[:, None] * (dy * w[None, :] - mean_wdy[:, None] - xhat * mean_wdy_xhat[:, None])
             dx_rows = _row_offsets(rows, rows_inner, stride_dx_outer, stride_dx_inner)
@@ -245,6 +262,22 @@ def _block_kwargs(blocks):
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps)
 
 
+def plan_backward_blocks(M: int, N: int):
+    """(BLOCK_M, BLOCK_N) of the backward: whole rows when they fit, stacked up to only
+    BACKWARD_TILE_ELEMENTS. The backward holds more per element than the forward (x, dy, xhat,
+    and the column sums of its chunk): at the forward's 4 x 1024 tile and 8 warps it took 128
+    registers, 2 CTAs (16 warps) per SM (static sm_90 report); 1 x 1024 at 4 warps takes 56."""
+    block_n = _block(N, 1, MAX_BLOCK_N)
+    return _block(M, 1, max(1, BACKWARD_TILE_ELEMENTS // block_n)), block_n
+
+
+def _backward_block_kwargs(blocks):
+    # About 8 elements per thread (one 16-byte load of a 16-bit row): a 4096-wide row at 16
+    # warps takes 63 registers where 8 warps took 100.
+    block_m, block_n = blocks
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=min(16, max(4, block_m * block_n // 256)))
+
+
 def _as_vectors(*params):
     """Each parameter (normalized shape, any strides) as a vector of N elements, and its stride.
 
@@ -289,7 +322,7 @@ def forward(x, normalized_ndim, weight, bias, eps, blocks=None):
     rows_inner, (x_strides, y_strides) = axes
     blocks = blocks or plan_blocks(M, N)
     (weight, bias), param_strides = _as_vectors(weight, bias)
-    launch(layer_norm_forward_kernel, (triton.cdiv(M, blocks[0]),))(
+    launch(layer_norm_forward_kernel, (cdiv(M, blocks[0]),))(
         x, y, weight if weight is not None else x, bias if bias is not None else x, mean, rstd,
         M, N, rows_inner, eps, *x_strides, *y_strides, *param_strides,
         HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
@@ -329,13 +362,14 @@ def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, 
     rows_inner, strides = axes
     dx_strides = strides[2] if need_input else strides[0]
 
-    blocks = blocks or plan_blocks(M, N)
-    num_row_blocks = triton.cdiv(M, blocks[0])
-    num_col_blocks = triton.cdiv(N, blocks[1])
+    blocks = blocks or plan_backward_blocks(M, N)
+    num_row_blocks = cdiv(M, blocks[0])
+    num_col_blocks = cdiv(N, blocks[1])
     if chunks is None:
-        chunks = triton.cdiv(parallel_programs(x.device), num_col_blocks)
-    row_blocks_per_chunk = triton.cdiv(num_row_blocks, max(1, min(int(chunks), num_row_blocks)))
-    P = triton.cdiv(num_row_blocks, row_blocks_per_chunk)
+        # Twice the usual split: the smaller tiles leave room for 8 or more CTAs per SM.
+        chunks = cdiv(2 * parallel_programs(x.device), num_col_blocks)
+    row_blocks_per_chunk = cdiv(num_row_blocks, max(1, min(int(chunks), num_row_blocks)))
+    P = cdiv(num_row_blocks, row_blocks_per_chunk)
 
     acc_torch = accumulator_torch_dtype(x.dtype)
     part_dweight = torch.empty((P, N), device=x.device, dtype=acc_torch) if need_weight else mean
@@ -346,7 +380,7 @@ def backward(dy, x, normalized_ndim, weight, bias, mean, rstd, need_input=True, 
         x, dy, dx if need_input else x, weight_vector if weight is not None else x, mean, rstd, part_dweight,
         part_dbias, M, N, rows_inner, row_blocks_per_chunk, *strides[0], *strides[1], *dx_strides, *weight_stride,
         HAS_WEIGHT=weight is not None, COMPUTE_DX=need_input, COMPUTE_DWEIGHT=need_weight, COMPUTE_DBIAS=need_bias,
-        **_block_kwargs(blocks), ACC_DTYPE=acc,
+        WHOLE_ROWS=num_col_blocks == 1, **_backward_block_kwargs(blocks), ACC_DTYPE=acc,
     )
     # The [P, N] partials summed over the chunks in a fixed order.
     if need_weight:

@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from tritonprop.kernels import elementwise
-from tritonprop.kernels._common import (_allow_tf32, _block, accumulator_dtype, accumulator_torch_dtype,
-                                        dot_accumulate, dot_options, launch, parallel_programs)
+from tritonprop.kernels._common import (_allow_tf32, _block, accumulator_dtype, accumulator_torch_dtype, cdiv,
+                                        dot_accumulate, dot_options, launch_tuned, parallel_programs)
 from tritonprop.kernels.activations import ACTIVATIONS, SAVES_PREACTIVATION, apply_activation
 from tritonprop.kernels.reduction import sum_partials
 
@@ -48,6 +48,16 @@ GEMM_TILES = {
     torch.float64: (64, 64, 32, 4, 2),
 }
 GROUP_M = 8
+# Further configs the autotuner tries on the GPU beside a dtype's full tile (never under the
+# interpreter): a squarer tile with one more stage, and the transposed tile. Each compiles without
+# spills, on wgmma, at the benchmark shapes (bench/results/static-sm90.md). The fp32 ones tried
+# (128 x 64 and 64 x 128) spilled at some benchmark shape, so fp32 keeps its one tile.
+GEMM_ALTERNATIVES = {
+    torch.float16: [(128, 128, 64, 8, 4), (256, 128, 64, 8, 3)],
+    torch.bfloat16: [(128, 128, 64, 8, 4), (256, 128, 64, 8, 3)],
+    torch.float32: [],
+    torch.float64: [],
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,15 +116,21 @@ def matmul_kernel(
 
     if HAS_BIAS:
         acc += tl.load(bias_ptr + cols.to(tl.int64) * stride_bias, mask=col_ok, other=0.0).to(ACC_DTYPE)[None, :]
-    out = apply_activation(acc, ACTIVATION)
-
-    c_offsets = split.to(tl.int64) * stride_cs + rows.to(tl.int64)[:, None] * stride_cm \
-        + cols.to(tl.int64)[None, :] * stride_cn
-    mask = row_ok[:, None] & col_ok[None, :]
-    tl.store(c_ptr + c_offsets, out.to(c_ptr.dtype.element_ty), mask=mask)
-    if STORE_PREACTIVATION:
-        # z is laid out exactly like C.
-        tl.store(z_ptr + c_offsets, acc.to(z_ptr.dtype.element_ty), mask=mask)
+    c_tile = c_ptr + split.to(tl.int64) * stride_cs
+    z_tile = z_ptr + split.to(tl.int64) * stride_cs
+    if ACTIVATION != 0 and BLOCK_N >= 128:
+        # The activation and the stores run on half the columns at a time: a 128x256 fp32
+        # accumulator is already 128 registers per thread at 8 warps, and GELU's temporaries on
+        # all of it at once spill (static sm_90 report). The halves are the tile's columns
+        # [0, BLOCK_N/2) and [BLOCK_N/2, BLOCK_N): reshape puts the half index in the middle, the
+        # permute moves it last, where tl.split takes it apart.
+        left, right = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        half = pid_n * BLOCK_N + tl.arange(0, BLOCK_N // 2)
+        _store_epilogue(left, rows, half, c_tile, z_tile, M, N, stride_cm, stride_cn, ACTIVATION, STORE_PREACTIVATION)
+        _store_epilogue(right, rows, half + BLOCK_N // 2, c_tile, z_tile, M, N, stride_cm, stride_cn, ACTIVATION,
+                        STORE_PREACTIVATION)
+    else:
+        _store_epilogue(acc, rows, cols, c_tile, z_tile, M, N, stride_cm, stride_cn, ACTIVATION, STORE_PREACTIVATION)
     if ROW_SUMS:
         # Every column of programs read the same rows of A; the first one writes their sums.
         if pid_n == 0:
@@ -122,22 +138,50 @@ def matmul_kernel(
                      row_sum.to(row_sums_ptr.dtype.element_ty), mask=row_ok)
 
 
+@triton.jit
+def _store_epilogue(acc, rows, cols, c_tile, z_tile, M, N, stride_cm, stride_cn,
+                    ACTIVATION: tl.constexpr, STORE_PREACTIVATION: tl.constexpr):
+    """C[rows, cols] = act(acc), and Z[rows, cols] = acc (the pre-activation, laid out like C)."""
+    offsets = rows.to(tl.int64)[:, None] * stride_cm + cols.to(tl.int64)[None, :] * stride_cn
+    mask = (rows < M)[:, None] & (cols < N)[None, :]
+    tl.store(c_tile + offsets, apply_activation(acc, ACTIVATION).to(c_tile.dtype.element_ty), mask=mask)
+    if STORE_PREACTIVATION:
+        tl.store(z_tile + offsets, acc.to(z_tile.dtype.element_ty), mask=mask)
+
+
 # ----------------------------------------------------------------------------------------------
 # Launch functions
 # ----------------------------------------------------------------------------------------------
 
 
-def _tiles(dtype: torch.dtype, rows: int, cols: int, inner: int) -> dict:
+def _tiles(dtype: torch.dtype, rows: int, cols: int, inner: int, programs: int = 1) -> dict:
+    """The tile of a (rows x cols) product: the dtype's largest, clamped to the problem, then
+    halved (columns first, down to 64 x 64) while it leaves fewer than `programs` tiles, so that a
+    narrow product still spreads over the SMs (the static sm_90 report found an RNN's input
+    projection, 8192 x 256, on 64 of 132 SMs with 128 x 256 tiles)."""
     block_m, block_n, block_k, num_warps, num_stages = GEMM_TILES[dtype]
-    tiles = dict(BLOCK_M=_block(rows, 16, block_m), BLOCK_N=_block(cols, 16, block_n),
-                 BLOCK_K=_block(inner, 16, block_k))
+    block_m, block_n = _block(rows, 16, block_m), _block(cols, 16, block_n)
+    while cdiv(rows, block_m) * cdiv(cols, block_n) < programs and max(block_m, block_n) > 64:
+        if block_n >= block_m:
+            block_n //= 2
+        else:
+            block_m //= 2
     # A tile clamped to a small problem has too little work for the full complement of warps.
-    if tiles["BLOCK_M"] * tiles["BLOCK_N"] < block_m * block_n:
+    if block_m * block_n < GEMM_TILES[dtype][0] * GEMM_TILES[dtype][1]:
         num_warps = 4
-    return dict(tiles, num_warps=num_warps, num_stages=num_stages)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, block_k), num_warps=num_warps,
+                num_stages=num_stages)
 
 
-def _matmul(a, b, c, *, k_per_split, bias=None, activation=None, z=None, row_sums=None):
+def _configs(dtype: torch.dtype, config: dict) -> list:
+    """`config` first, then, where it is the dtype's full tile, the GPU alternatives to time."""
+    if (config["BLOCK_M"], config["BLOCK_N"], config["BLOCK_K"]) != GEMM_TILES[dtype][:3]:
+        return [config]
+    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")
+    return [config] + [dict(zip(names, alternative)) for alternative in GEMM_ALTERNATIVES[dtype]]
+
+
+def _matmul(a, b, c, *, k_per_split, bias=None, activation=None, z=None, row_sums=None, config=None):
     """c[s] = act(a[:, s-th slice] @ b[s-th slice, :] + bias) for 2-D `a` and `b` of any strides.
 
     `c` is (splits, rows, cols) and `row_sums` (splits, rows); slice s of the inner dim is
@@ -147,10 +191,14 @@ def _matmul(a, b, c, *, k_per_split, bias=None, activation=None, z=None, row_sum
     rows, inner = a.shape
     cols = b.shape[1]
     num_splits = c.shape[0]
-    config = _tiles(a.dtype, rows, cols, inner)
-    # A product with no columns still runs one column of programs, for the row sums.
-    programs = triton.cdiv(rows, config["BLOCK_M"]) * max(1, triton.cdiv(cols, config["BLOCK_N"]))
-    launch(matmul_kernel, (programs, num_splits))(
+    if config is None:
+        config = _tiles(a.dtype, rows, cols, inner, parallel_programs(a.device) // 4)
+
+    def grid(meta):
+        # A product with no columns still runs one column of programs, for the row sums.
+        return cdiv(rows, meta["BLOCK_M"]) * max(1, cdiv(cols, meta["BLOCK_N"])), num_splits
+
+    launch_tuned(matmul_kernel, grid, _configs(a.dtype, config), key=("M", "N", "K"))(
         a, b, c, bias if bias is not None else c, z if z is not None else c,
         row_sums if row_sums is not None else c,
         rows, cols, inner, k_per_split,
@@ -158,7 +206,7 @@ def _matmul(a, b, c, *, k_per_split, bias=None, activation=None, z=None, row_sum
         bias.stride(0) if bias is not None else 0, row_sums.stride(0) if row_sums is not None else 0,
         HAS_BIAS=bias is not None, ACTIVATION=ACTIVATIONS[activation], STORE_PREACTIVATION=z is not None,
         ROW_SUMS=row_sums is not None, GROUP_M=GROUP_M, ACC_DTYPE=accumulator_dtype(a.dtype),
-        **dot_options(a.dtype, _allow_tf32(TF32_FLAG)), **config,
+        **dot_options(a.dtype, _allow_tf32(TF32_FLAG)),
     )
 
 
@@ -217,24 +265,25 @@ def backward_weight(dz, x, need_weight=True, need_bias=True, splits=None):
     # Without dw the product runs on zero columns of x: only the row sums of dz^T, db, are made.
     b = x if need_weight else x[:, :0]
     a = dz.t()
-    config = _tiles(dz.dtype, N, b.shape[1], M)
+    config = _tiles(dz.dtype, N, b.shape[1], M, parallel_programs(dz.device) // 4)
     if splits is None:
-        tiles = triton.cdiv(N, config["BLOCK_M"]) * max(1, triton.cdiv(b.shape[1], config["BLOCK_N"]))
-        splits = triton.cdiv(parallel_programs(dz.device), tiles)
+        tiles = cdiv(N, config["BLOCK_M"]) * max(1, cdiv(b.shape[1], config["BLOCK_N"]))
+        splits = cdiv(parallel_programs(dz.device), tiles)
     # Each slice gets a whole number of BLOCK_K rows; with M == 0 one empty slice writes zeros.
     block_k = config["BLOCK_K"]
-    k_per_split = triton.cdiv(triton.cdiv(M, max(1, int(splits))), block_k) * block_k or block_k
-    num_splits = max(1, triton.cdiv(M, k_per_split))
+    k_per_split = cdiv(cdiv(M, max(1, int(splits))), block_k) * block_k or block_k
+    num_splits = max(1, cdiv(M, k_per_split))
 
     if num_splits == 1:
         out = dw if need_weight else torch.empty((N, 0), device=dz.device, dtype=x.dtype)
-        _matmul(a, b, out.unsqueeze(0), k_per_split=k_per_split, row_sums=None if db is None else db.unsqueeze(0))
+        _matmul(a, b, out.unsqueeze(0), k_per_split=k_per_split, row_sums=None if db is None else db.unsqueeze(0),
+                config=config)
         return dw, db
 
     acc_dtype = accumulator_torch_dtype(dz.dtype)
     part_dw = torch.empty((num_splits, N, b.shape[1]), device=dz.device, dtype=acc_dtype)
     part_db = torch.empty((num_splits, N), device=dz.device, dtype=acc_dtype) if need_bias else None
-    _matmul(a, b, part_dw, k_per_split=k_per_split, row_sums=part_db)
+    _matmul(a, b, part_dw, k_per_split=k_per_split, row_sums=part_db, config=config)
     for part, out in ((part_dw, dw), (part_db, db)):
         if out is not None:
             sum_partials(part, out)

@@ -34,7 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import _block, accumulator_dtype, launch, plan, strided_offsets, unravel
+from tritonprop.kernels._common import (_block, accumulator_dtype, cdiv, launch, parallel_programs, plan,
+                                        strided_offsets, unravel)
 
 # Widest column block, and the most partials one program loads at a time (BLOCK_P * BLOCK_N).
 MAX_BLOCK_N = 128
@@ -101,10 +102,15 @@ def sum_partials(part: torch.Tensor, out: torch.Tensor, copy: torch.Tensor | Non
             t.copy_(s)
         return out
     D0, D1, D2, D3 = layout.sizes
+    # Narrower column blocks (down to 8: one 32-byte sector of fp32 partials per row) while the
+    # grid would leave SMs idle: a LayerNorm backward over 4096 columns sums ~1000 partials per
+    # column, which is 32 programs at 128 columns.
     block_n = _block(N, 1, MAX_BLOCK_N)
+    while block_n > 8 and cdiv(N, block_n) < parallel_programs(part.device) // 4:
+        block_n //= 2
     block_p = _block(P, 1, TILE_ELEMENTS // block_n)
     copy_strides = layout.strides[1] if copy is not None else (0, 0, 0, 0)
-    launch(sum_partials_kernel, (triton.cdiv(N, block_n),))(
+    launch(sum_partials_kernel, (cdiv(N, block_n),))(
         part, out, copy if copy is not None else out, P, N, D1, D2, D3, *layout.strides[0], *copy_strides,
         HAS_COPY=copy is not None, BLOCK_P=block_p, BLOCK_N=block_n, ACC_DTYPE=accumulator_dtype(part.dtype),
     )

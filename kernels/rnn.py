@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from tritonprop.kernels import linear
-from tritonprop.kernels._common import (_allow_tf32, _next_pow2, accumulator_dtype, accumulator_torch_dtype,
+from tritonprop.kernels._common import (_allow_tf32, _next_pow2, accumulator_dtype, accumulator_torch_dtype, cdiv,
                                         dot_accumulate, dot_options, launch)
 from tritonprop.kernels.activations import relu, tanh
 
@@ -429,7 +429,7 @@ def cell_forward(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity):
         return out
     block_b, block_n, block_k = CELL_TILES
     has_bias = b_ih is not None
-    launch(rnn_cell_forward_kernel, (triton.cdiv(B, block_b), triton.cdiv(H, block_n)))(
+    launch(rnn_cell_forward_kernel, (cdiv(B, block_b), cdiv(H, block_n)))(
         x, h, w_ih, w_hh, b_ih if has_bias else out, b_hh if has_bias else out, out,
         B, I, H, *x.stride(), *h.stride(), *w_ih.stride(), *w_hh.stride(),
         b_ih.stride(0) if has_bias else 0, b_hh.stride(0) if has_bias else 0, *out.stride(),
@@ -448,7 +448,7 @@ def cell_backward(dy, x, h, w_ih, w_hh, y, nonlinearity, need_x=True, need_h=Tru
     dz = torch.empty((B, H), device=y.device, dtype=y.dtype)
     if dz.numel():
         block_b, block_n = GRAD_BLOCK
-        launch(rnn_cell_grad_kernel, (triton.cdiv(B, block_b), triton.cdiv(H, block_n)))(
+        launch(rnn_cell_grad_kernel, (cdiv(B, block_b), cdiv(H, block_n)))(
             dy, y, dz, B, H, *dy.stride(), *y.stride(), *dz.stride(),
             RELU=NONLINEARITIES[nonlinearity], BLOCK_B=block_b, BLOCK_N=block_n,
             ACC_DTYPE=accumulator_dtype(y.dtype), num_warps=4,
@@ -499,7 +499,7 @@ def forward(x, h0, weights, nonlinearity, lengths=None):
         xproj2d, _ = linear.forward(x2d, w_ih, _projection_bias(b_ih, b_hh, acc_torch))
         xproj = xproj2d.view(T, B, H)
         column = hidden[:, :, d * H:(d + 1) * H]
-        launch(rnn_forward_recurrence_kernel, (triton.cdiv(B, BLOCK_B),))(
+        launch(rnn_forward_recurrence_kernel, (cdiv(B, BLOCK_B),))(
             xproj, w_hh, h0[d], lengths if lengths is not None else h_n, column, h_n[d], state,
             T, B, H, *xproj.stride(), *w_hh.stride(), *h0[d].stride(), *column.stride(), *h_n[d].stride(),
             *state.stride(),
@@ -534,7 +534,7 @@ def backward(d_output, dh_n, x, hidden, weights, nonlinearity, lengths=None, nee
             column = hidden[:, :, d * H:(d + 1) * H]
             dy = d_output[:, :, d * H:(d + 1) * H]
             dz_d = dz[:, :, d * H:(d + 1) * H]
-            launch(rnn_backward_recurrence_kernel, (triton.cdiv(B, BLOCK_B),))(
+            launch(rnn_backward_recurrence_kernel, (cdiv(B, BLOCK_B),))(
                 dy, dh_n[d], column, w_hh, lengths if lengths is not None else dh0, dz_d, dh0[d], grad,
                 T, B, H, *dy.stride(), *dh_n[d].stride(), *column.stride(), *w_hh.stride(), *dz_d.stride(),
                 *dh0[d].stride(), *grad.stride(),

@@ -30,22 +30,41 @@ Why these choices, checked with torch 2.13 and Triton 3.6 on the CPU:
   which torch.func refuses ("must override the setup_context staticmethod"). So each op also
   gets an autograd.Function of the setup_context form, built from the same ``setup_context`` and
   ``backward``, with ``generate_vmap_rule``; `call` uses it inside a torch.func transform only.
-  Outside one (eager, torch.compile, torch.export) `call` runs the op itself, so that graphs hold
-  one node per op and autograd uses the registered formula.
+- Under torch.compile and torch.export, and wherever anything may want to see the op itself (a
+  dispatch mode such as a FakeTensorMode or an op recorder, a torch function mode, the JIT
+  tracer, a tensor subclass, meta tensors), `call` runs the op itself, so that graphs hold one
+  node per op and autograd uses the registered formula.
+- In plain eager mode on plain tensors, `call` skips torch's dispatcher, whose round trip costs
+  10 to 15 us of Python per op call with torch 2.13 (the Python autograd kernel, a redispatch,
+  the arguments re-bound to the schema, an aliasing check): the most of the host overhead that
+  bench/host_overhead.py measures, which bounds a small model's step on a GPU. It runs what
+  the op would run: the wrapper itself when no gradient is recorded, and otherwise an
+  autograd.Function of the old ``forward(ctx, ...)`` form (the form that ``register_autograd``
+  generates) built from the wrapper and the same ``setup_context`` and ``backward``.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 import torch
+from torch._library.utils import is_tensorlist_like_type
 
 from tritonprop import backend, registry
 from tritonprop.kernels._common import allocations_only
+from tritonprop.ops._autocast import autocasting
 
 NAMESPACE = "tritonprop"
 
 # op -> its setup_context-form autograd.Function, used inside torch.func transforms.
 _FUNCTIONS: dict = {}
+# op -> the wrapper it was registered from, which `call` runs directly in plain eager mode.
+_WRAPPERS: dict = {}
+# op -> its old-form autograd.Function around the wrapper, used by `call` in plain eager mode when
+# a gradient is recorded. An op with tensor-list arguments or outputs has none (autograd.Function
+# tracks tensors only, not lists of them), and runs as itself then.
+_EAGER_FUNCTIONS: dict = {}
+# Tensor types that carry no behaviour of their own (subclasses such as FakeTensor do).
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 # The ops whose own gradient raises (`not_differentiable`).
 NOT_DIFFERENTIABLE: set = set()
 # Each registry op's autocast cast (None: none) and reference, resolved once, here: dispatch also
@@ -71,6 +90,7 @@ def kernel_op(name: str) -> Callable:
                 return wrapper(*args, **kwargs)
 
         op.register_fake(fake)
+        _WRAPPERS[op] = wrapper
         return op
 
     return register
@@ -100,6 +120,20 @@ def differentiable(op, *, setup_context: Callable, backward: Callable) -> None:
         "backward": staticmethod(backward),
         "generate_vmap_rule": True,
     })
+    schema = op._opoverload._schema
+    if any(is_tensorlist_like_type(a.type) for a in (*schema.arguments, *schema.returns)):
+        return
+    wrapper = _WRAPPERS[op]
+
+    def forward(ctx, *args):
+        output = wrapper(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    _EAGER_FUNCTIONS[op] = type(f"{op._name}_eager_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(backward),
+    })
 
 
 def not_differentiable(op, *, explanation: str) -> None:
@@ -125,10 +159,31 @@ def in_functorch_transform() -> bool:
 
 
 def call(op, *args):
-    """Run the custom op ``op``: itself, or through its autograd.Function inside a torch.func transform."""
-    if not torch.compiler.is_compiling() and in_functorch_transform():
+    """Run the custom op ``op``: itself; through its autograd.Function inside a torch.func transform;
+    without torch's dispatcher in plain eager mode (see the module docstring)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if in_functorch_transform():
         return _FUNCTIONS[op].apply(*args)
-    return op(*args)
+    if not _plain_eager(args):
+        return op(*args)
+    if not (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)):
+        # What the op's autograd kernel does then: the implementation alone, no graph.
+        return _WRAPPERS[op](*args)
+    function = _EAGER_FUNCTIONS.get(op)
+    return op(*args) if function is None else function.apply(*args)
+
+
+def _plain_eager(args) -> bool:
+    """Nothing needs to see the op itself: no dispatch mode, torch function mode or JIT tracer is
+    active, and every tensor argument is a plain tensor (no subclass), with data (not meta)."""
+    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._get_tracing_state() is not None):
+        return False
+    for a in args:
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN_TENSORS or a.is_meta):
+            return False
+    return True
 
 
 def dispatch(name: str, tensors: dict, *, kernels: Callable, reference: Callable, check_cast: Callable | None = None,
@@ -145,18 +200,18 @@ def dispatch(name: str, tensors: dict, *, kernels: Callable, reference: Callable
     ``autocast=False`` skips the cast (log_softmax's ``dtype`` argument overrides autocast, as in
     torch).
     """
-    names, values = list(tensors), list(tensors.values())
-    device_type = next(t.device.type for t in values if t is not None)
+    device_type = next(t.device.type for t in tensors.values() if t is not None)
     cast = AUTOCAST_CASTS[name] if autocast else None
-    if cast is not None:
-        values = cast(device_type, values)
-    tensors = dict(zip(names, values))
+    casting = autocasting(device_type)
+    if cast is not None and casting:
+        # (Outside an autocast region every cast leaves the arguments as they are.)
+        tensors = dict(zip(tensors, cast(device_type, list(tensors.values()))))
     if check_cast is not None:
         check_cast(**tensors)
     if backend.use_reference():
         return reference(REFERENCES[name], **tensors)
     backend.check_devices(name, **tensors)
-    if not torch.is_autocast_enabled(device_type):
+    if not casting:
         return kernels(**tensors)
     with torch.autocast(device_type, enabled=False):
         return kernels(**tensors)

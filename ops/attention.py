@@ -34,6 +34,7 @@ from torch import Tensor
 from tritonprop import backend
 from tritonprop.kernels import attention as K
 from tritonprop.ops import _checks
+from tritonprop.ops._autocast import autocast_off
 from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable
 from tritonprop.ops.dropout import dropout
 from tritonprop.ops.linear import linear
@@ -104,7 +105,7 @@ def _attention(q, k, v, mask, dropout_p, is_causal, scale, out_order=(0, 1, 2, 3
         scale = 0.0
     else:
         scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    with torch.autocast(q.device.type, enabled=False):
+    with autocast_off(q.device.type):
         return call(attention_op, q, k, v, mask, bool(is_causal), scale, dropout_p, seed, list(out_order))[0]
 
 
@@ -145,15 +146,28 @@ def _broadcast(query, key, value, enable_gqa):
                           for t in (key, value))
     try:
         if grouped:
-            batch = torch.broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
+            batch = _broadcast_shapes(query.shape[:-3], key.shape[:-3], value.shape[:-3])
             lead_q, lead_kv = (*batch, query.shape[-3]), (*batch, key.shape[-3])
         else:
-            lead_q = lead_kv = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+            lead_q = lead_kv = _broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     except RuntimeError:
         raise RuntimeError(f"{OP}: the leading (batch and head) dims of query {list(query.shape[:-2])}, key "
                            f"{list(key.shape[:-2])} and value {list(value.shape[:-2])} do not broadcast") from None
-    return (query.expand(*lead_q, *query.shape[-2:]), key.expand(*lead_kv, *key.shape[-2:]),
-            value.expand(*lead_kv, *value.shape[-2:]))
+    return (_expand(query, (*lead_q, *query.shape[-2:])), _expand(key, (*lead_kv, *key.shape[-2:])),
+            _expand(value, (*lead_kv, *value.shape[-2:])))
+
+
+def _broadcast_shapes(*shapes):
+    """torch.broadcast_shapes, answered at once when the shapes are equal (the usual q, k, v):
+    torch's is Python that costs 10 to 30 us a call."""
+    if all(shape == shapes[0] for shape in shapes[1:]):
+        return shapes[0]
+    return torch.broadcast_shapes(*shapes)
+
+
+def _expand(t, shape):
+    """t.expand(shape), or t itself when it has that shape already (an expand is a call into torch)."""
+    return t if t.shape == shape else t.expand(shape)
 
 
 def _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
@@ -186,10 +200,11 @@ def _validate(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_
 
 
 def _check_mask_shape(attn_mask, scores):
-    try:
-        broadcasts = torch.broadcast_shapes(attn_mask.shape, scores) == scores
-    except RuntimeError:
-        broadcasts = False
+    # The mask broadcasts to the scores' shape exactly when each of its dims, aligned from the
+    # right, is 1 or the scores' own (what torch.broadcast_shapes(mask, scores) == scores says).
+    shape = attn_mask.shape
+    broadcasts = len(shape) <= len(scores) and all(
+        size in (1, full) for size, full in zip(shape, scores[len(scores) - len(shape):]))
     if not broadcasts:
         raise RuntimeError(f"{OP}: attn_mask of shape {list(attn_mask.shape)} does not broadcast to the "
                            f"attention scores' shape {list(scores)} (..., heads, Sq, Sk)")
@@ -201,6 +216,8 @@ def _as_4d(t: torch.Tensor) -> torch.Tensor:
         return t[None, None]
     if t.dim() == 3:
         return t.unsqueeze(0)
+    if t.dim() == 4:
+        return t  # already (B, H, S, E)
     return t.reshape(math.prod(t.shape[:-3]), *t.shape[-3:])
 
 

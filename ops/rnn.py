@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from tritonprop.kernels import rnn as K
-from tritonprop.ops import _checks
+from tritonprop.ops import _autocast, _checks
 from tritonprop.ops._library import absent, call, differentiable, dispatch, kernel_op, not_differentiable, wanted
 from tritonprop.ops.dropout import dropout as dropout_fn
 
@@ -167,7 +167,7 @@ def _check_nonlinearity(op, nonlinearity, error=ValueError):
 
 def _check_dtypes(op, input, named, error):
     """Every tensor shares input's dtype (torch's RNNs require it), unless autocast will cast them all."""
-    if not torch.is_autocast_enabled(input.device.type):
+    if not _autocast.autocasting(input.device.type):
         _checks.check_same_dtype(op, input, named, "input dtype ({input}) does not match {name} dtype ({other}). "
                                  "Convert input: input.to({other}), or convert the {name}: .to({input})", error)
 

@@ -24,17 +24,11 @@ os.environ["TRITON_INTERPRET"] = "0"
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-HOPPER = GPUTarget("cuda", 90, 32)
+from tritonprop.bench.static_sm90 import HOPPER, _jit_function  # noqa: E402
+
 FLOAT_SCALARS = {"eps", "momentum", "inv_count", "p", "scale", "label_smoothing", "dropout_p"}
-
-
-def _jit_function(kernel):
-    while not isinstance(kernel, triton.JITFunction):
-        kernel = kernel.fn  # unwrap autotuners
-    return kernel
 
 
 def compile_kernel(kernel, pointer_dtype, constexprs, num_warps=4):
@@ -117,8 +111,14 @@ def conv2d_kernels():
             for activation in (0, 1, 2):
                 yield K.conv2d_forward_kernel, pointer, dict(gemm, HAS_BIAS=True, ACTIVATION=activation,
                                                              STORE_PREACTIVATION=activation == 2)
+                # The few-channel (stem) forward: a row of 7 taps x 4 channels per step.
+                yield K.conv2d_forward_taps_kernel, pointer, dict(
+                    gemm, BLOCK_K=32, HAS_BIAS=True, ACTIVATION=activation, STORE_PREACTIVATION=activation == 2,
+                    CHANNELS=K.TAP_CHANNELS)
             yield K.conv2d_backward_input_kernel, pointer, gemm
-            yield K.conv2d_backward_weight_kernel, pointer, dict(gemm, COMPUTE_BIAS=True)
+            for channels_inner in (True, False):
+                yield K.conv2d_backward_weight_kernel, pointer, dict(gemm, COMPUTE_BIAS=True,
+                                                                     CHANNELS_INNER=channels_inner)
         for activation in (0, 1, 2):
             yield K.conv2d_depthwise_forward_kernel, pointer, dict(
                 HAS_BIAS=True, ACTIVATION=activation, STORE_PREACTIVATION=activation == 2, BLOCK_M=64, BLOCK_C=32,
@@ -178,9 +178,11 @@ def layer_norm_kernels():
                 yield K.layer_norm_forward_kernel, pointer, dict(blocks, HAS_WEIGHT=affine, HAS_BIAS=affine,
                                                                  ACC_DTYPE=acc)
             for compute_dx, has_weight in ((True, True), (False, True), (True, False)):
-                yield K.layer_norm_backward_kernel, pointer, dict(
-                    blocks, HAS_WEIGHT=has_weight, COMPUTE_DX=compute_dx, COMPUTE_DWEIGHT=has_weight,
-                    COMPUTE_DBIAS=has_weight, ACC_DTYPE=acc)
+                # Rows that fit one column block, and rows that span several (N > BLOCK_N).
+                for whole_rows in (True, False) if compute_dx else (True,):
+                    yield K.layer_norm_backward_kernel, pointer, dict(
+                        blocks, HAS_WEIGHT=has_weight, COMPUTE_DX=compute_dx, COMPUTE_DWEIGHT=has_weight,
+                        COMPUTE_DBIAS=has_weight, WHOLE_ROWS=whole_rows, ACC_DTYPE=acc)
         # dweight and dbias from the [chunks, N] partials.
         yield from sum_partials_variants(acc, pointer("dweight_ptr"))
 
@@ -319,8 +321,9 @@ def attention_kernels(full=True):
 
         def launches(head_block, mask_pointer, mask_kind, on, precision):
             # The tile table's (BLOCK_M, BLOCK_N, num_warps) for this dtype and head dim.
+            # Tensor-descriptor (TMA) loads with every feature on, pointer loads with every one off.
             flags = dict(BLOCK_D=head_block, BLOCK_DV=head_block, ACC_DTYPE=acc, INPUT_PRECISION=precision,
-                         UPCAST_OPERANDS=False, MASK_KIND=mask_kind, IS_CAUSAL=on, DROPOUT=on)
+                         UPCAST_OPERANDS=False, MASK_KIND=mask_kind, IS_CAUSAL=on, DROPOUT=on, TMA=on)
             for kernel, table, extra in ((K.attention_forward_kernel, K.FORWARD_TILES, {}),
                                          (K.attention_backward_dkdv_kernel, K.DKDV_TILES, {}),
                                          (K.attention_backward_dq_kernel, K.DQ_TILES,

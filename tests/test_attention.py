@@ -287,10 +287,14 @@ def test_dropout_p_one_outputs_zero(device):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_slices_of_a_fused_qkv_projection_are_read_in_place(device, monkeypatch):
-    B, S, H, D = 2, 7, 2, 16
+@pytest.mark.parametrize("head_dim", [16, 5], ids=["rows-16-byte-aligned", "rows-unaligned"])
+def test_slices_of_a_fused_qkv_projection_are_read_in_place(device, monkeypatch, head_dim):
+    B, S, H, D = 2, 7, 2, head_dim
     qkv = torch.randn(B, S, 3, H, D, device=device, requires_grad=True)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, S, D), strided
+    # Tensor-descriptor (TMA) loads where every row step is a multiple of 16 bytes, pointer loads
+    # otherwise: both read the views in place.
+    assert K.tma_eligible(q, k, v) == (D == 16)
     mask = torch.randn(B, 1, 1, S, device=device)
     copies = record_copy_calls(monkeypatch)
     out = sdpa(q, k, v, mask)
@@ -304,6 +308,7 @@ def test_head_dim_stride_not_one(device):
     base = torch.randn(1, 2, 6, 32, device=device)
     q, k, v = base[..., ::2], base[..., 1::2], base[..., 16:]
     assert q.stride(-1) == 2
+    assert not K.tma_eligible(q, k, v)  # pointer loads
     assert_matches(sdpa, {"torch": F.scaled_dot_product_attention}, q.requires_grad_(), k, v, is_causal=True)
 
 

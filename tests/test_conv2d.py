@@ -189,12 +189,48 @@ def test_channels_last_matches_and_keeps_torch_layout(device, which):
     assert out.stride() == expected.stride()
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.groups == 1 or c.input[1] // c.groups > 1],
+                         ids=lambda c: c.name)
+def test_channels_last_input_gradients_every_geometry(device, config):
+    # A channels_last input makes the wgrad take its columns as (r, s, c), channels innermost, and
+    # sum its partials into dw seen as (K, R, S, C/groups) (kernels/conv2d.py): the taps of every
+    # geometry must still land on their own weights.
+    x, w, b = config.tensors(device, torch.float64)
+    x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, **config.kwargs)
+    if config.name in ("groups2", "stride3_rect_kernel"):
+        assert_gradcheck(ops.conv2d, x, w, b, fast_mode=True, **config.kwargs)
+
+
 def test_channels_last_input_is_not_copied(device, monkeypatch):
-    x, w, b = (t.detach() for t in CONFIGS[0].tensors(device))
+    # More channels than the stem kernel takes (K.TAP_CHANNELS): read in place.
+    x, w, b = (t.detach() for t in Config("wide", (2, 6, 7, 5), 5, (3, 3)).tensors(device))
     x = x.to(memory_format=torch.channels_last)
+    assert not K.takes_taps_kernel(x, w, 1, (1, 1))
     copies = record_copy_calls(monkeypatch)
     ops.conv2d(x, w, b, padding=1)
     assert copies == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", [None, "relu", "gelu"])
+def test_stem_runs_the_taps_kernel_and_matches_torch(device, dtype, activation):
+    # A 3-channel channels_last input, 7x7 stride 2 padding 3 (a ResNet stem, small): the forward
+    # reads a zero-padded 4-channel copy, a whole row of taps per step (conv2d_forward_taps_kernel).
+    x = torch.randn(2, 3, 13, 11, device=device).to(dtype).to(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(5, 3, 7, 7, device=device) * 0.1).to(dtype).requires_grad_()
+    b = torch.randn(5, device=device).to(dtype).requires_grad_()
+    assert K.takes_taps_kernel(x, w, 1, (1, 1))
+    act = {None: lambda y: y, "relu": torch.relu, "gelu": F.gelu}[activation]
+
+    def oracle(input, weight, bias, *, activation, **kwargs):
+        # bf16: torch's conv in fp32 on the same bf16 values, rounded once, as our fp32 accumulator is.
+        y = act(F.conv2d(input.float(), weight.float(), bias.float(), **kwargs))
+        return y.to(dtype)
+
+    out = assert_matches(ops.conv2d, {"torch": oracle}, x, w, b, stride=2, padding=3, activation=activation,
+                         grad=dtype == torch.float32)
+    assert out.shape == (2, 5, 7, 6) and out.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("view", ["strided_w", "cropped_h", "channel_slice", "transposed_hw"])

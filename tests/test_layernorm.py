@@ -127,7 +127,7 @@ def test_low_precision_input_with_float32_parameters(device, dtype, affine):
 def test_rows_longer_than_one_block_loop_over_column_blocks(device, dtype):
     # 5000 columns exceed MAX_BLOCK_N: the forward loops over column blocks, and the backward
     # runs one program per column block, each taking the row sums over every block.
-    assert K.plan_blocks(3, 5000)[1] < 5000
+    assert K.plan_blocks(3, 5000)[1] < 5000 and K.plan_backward_blocks(3, 5000)[1] < 5000
     x = make_input((3, 5000), device, dtype, shift=3.0)
     w, b = make_params((5000,), device, dtype)
     assert_matches(layer_norm, {"reference": reference.layer_norm, "torch": torch_in_float32}, x, (5000,), w, b)

@@ -138,6 +138,16 @@ def test_fused_epilogue_matches_linear_then_activation(device, activation):
     assert negative_side.any() and (out > 0).any()
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_epilogue_in_column_halves(device, activation):
+    # 200 output features take a 256-column tile, whose epilogue runs on its two column halves
+    # (kernels/linear.py): both halves, and the masked columns past 200, must land where they belong.
+    x, w, b = Config("halves", (5, 24), 200).tensors(device)
+    assert K._tiles(x.dtype, 5, 200, 24)["BLOCK_N"] >= 128
+    out = assert_matches(linear, {"torch": torch_linear}, x, w, b, activation=activation)
+    assert out.shape == (5, 200)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("config", [CONFIGS[2], CONFIGS[4], CONFIGS[6]], ids=lambda c: c.name)
 def test_matches_torch_in_low_precision(device, config, dtype):

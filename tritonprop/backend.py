@@ -63,7 +63,10 @@ def interpreting() -> bool:
 
 def selected() -> str:
     """The backend that ops dispatch to, read on every call so tests and users can switch it."""
-    name = os.environ.get(BACKEND_ENV, "triton").strip().lower() or "triton"
+    name = os.environ.get(BACKEND_ENV)
+    if name is None:  # the usual case, answered before any string work: every op call asks
+        return "triton"
+    name = name.strip().lower() or "triton"
     if name not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV}={name!r} is not a backend; choose one of {', '.join(BACKENDS)}")
     return name
@@ -92,7 +95,9 @@ def check_devices(op: str, **tensors) -> torch.device:
             )
     if device is None:
         raise ValueError(f"{op}: no tensor arguments")
-    if device.type == "cuda":
+    if device.type in ("cuda", "meta"):
+        # A meta tensor carries no data: the op's fake implementation gives its outputs' shapes,
+        # dtypes and strides, as torch's own ops do on meta tensors.
         return device
     if device.type == "cpu":
         if interpreting():

@@ -10,6 +10,7 @@ plus its own. A task whose module does not import is listed as unavailable, with
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -33,10 +34,16 @@ def _info(args) -> int:
     return 0
 
 
+def _selfcheck_dtypes(text: str) -> list[str]:
+    from tritonprop import selfcheck
+
+    return selfcheck.parse_dtypes(text)
+
+
 def _selfcheck(args) -> int:
     from tritonprop import selfcheck
 
-    return 0 if selfcheck.run(args.device, op_names=args.ops) else 1
+    return 0 if selfcheck.run(args.device, op_names=args.ops, dtypes=args.dtypes) else 1
 
 
 def _op_names(text: str) -> list[str]:
@@ -51,7 +58,20 @@ def _op_names(text: str) -> list[str]:
     return names
 
 
+# `tritonprop bench FLAG [options]`: the report that FLAG asks for instead of the timed one.
+BENCH_REPORTS = {
+    "--static": "static_sm90",  # the sm_90 compile report (bench/static_sm90.py)
+    "--host": "host_overhead",  # the host overhead per op call, launches stubbed (bench/host_overhead.py)
+}
+
+
 def _bench(args) -> int:
+    """`tritonprop bench [options]`: the timed report; with a flag of BENCH_REPORTS, that report
+    instead, with the options that follow it."""
+    for flag, module in BENCH_REPORTS.items():
+        if flag in args.report_args:
+            report_main = importlib.import_module(f"tritonprop.bench.{module}").main
+            return report_main([arg for arg in args.report_args if arg != flag])
     from tritonprop.bench import report
 
     return report.main(args.report_args)
@@ -189,10 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     check.add_argument("--ops", type=_op_names, default=None, metavar="OP[,OP...]",
                        help="check only these ops (default: every op; `tritonprop info` lists them)")
+    check.add_argument("--dtypes", type=_selfcheck_dtypes, default=None, metavar="DTYPE[,DTYPE...]",
+                       help="check in these dtypes (bf16, fp16, fp32), each against torch in fp32 on the same "
+                            "rounded inputs (default: fp32 alone, within 1e-4)")
     check.set_defaults(run=_selfcheck)
 
-    # Every option after `bench` (--help included) belongs to bench/report.py's own parser.
-    bench = sub.add_parser("bench", help="benchmark report (markdown + JSON); `tritonprop bench --help` for options",
+    # Every option after `bench` (--help included) belongs to bench/report.py's own parser, or with
+    # --static or --host to bench/static_sm90.py's or bench/host_overhead.py's.
+    bench = sub.add_parser("bench", help="benchmark report (markdown + JSON); `tritonprop bench --help` for options; "
+                                         "`tritonprop bench --static --help` for the static sm_90 compile report; "
+                                         "`tritonprop bench --host --help` for the host overhead per op call",
                            add_help=False)
     bench.set_defaults(run=_bench)
 
