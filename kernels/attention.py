@@ -33,6 +33,7 @@ docs/attention.md derives the backward and ties each step to its line here.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -563,10 +564,25 @@ def _configs(table, alternatives, dtype, head_block, rows, cols):
 
 
 def _scales(scale, dropout_p, dtype, device):
-    """scale, scale * log2 e, log2 e and 1 / (1 - p) in the accumulator dtype (see the module doc)."""
+    """scale, scale * log2 e, log2 e and 1 / (1 - p) in the accumulator dtype (see the module doc).
+
+    Kept from call to call for each (scale, p, dtype, device): on a GPU a fresh one is a copy
+    from pageable host memory, which waits for the host on every call. The kernels only read it.
+    Not kept while a dispatch mode (torch.compile's fake tensors) is active or on meta tensors,
+    where a tensor made now belongs to that context alone.
+    """
+    if torch._C._len_torch_dispatch_stack() or device.type == "meta":
+        return _new_scales(scale, dropout_p, dtype, device)
+    return _kept_scales(scale, dropout_p, dtype, device)
+
+
+def _new_scales(scale, dropout_p, dtype, device):
     inv_keep = 1.0 / (1.0 - dropout_p) if dropout_p < 1.0 else 0.0
     values = [scale, scale * math.log2(math.e), math.log2(math.e), inv_keep]
     return torch.tensor(values, dtype=accumulator_torch_dtype(dtype), device=device)
+
+
+_kept_scales = functools.lru_cache(maxsize=64)(_new_scales)
 
 
 def _mask_args(mask, like):
