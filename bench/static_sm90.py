@@ -246,22 +246,25 @@ def _bytes_touched(launch) -> int:
     return sum(t.numel() * t.element_size() for t in launch.args if isinstance(t, torch.Tensor))
 
 
-def build_rows(captured: list[CaseLaunches], results: dict) -> list[dict]:
+def specialize_all(captured: list[CaseLaunches]) -> list[tuple]:
+    """(case entry, launch, autotune config or None, compile, grid) for every launch and config."""
+    return [(entry, launch, config, *specialize(launch, config))
+            for entry in captured for launch in entry.launches for config in _configs(launch.kernel)]
+
+
+def build_rows(specialized: list[tuple], results: dict) -> list[dict]:
     rows = []
-    for entry in captured:
-        for launch in entry.launches:
-            for config in _configs(launch.kernel):
-                job, grid = specialize(launch, config)
-                read = results[job.key]
-                ctas = ctas_per_sm(read["registers"], read["shared"], job.options["num_warps"])
-                programs = grid[0] * grid[1] * grid[2]
-                rows.append(dict(
-                    case=entry.case, case_dtype=entry.dtype, mode=entry.mode, kernel=job.fn.__name__,
-                    dtype=_data_dtype(job), config=_config_text(job), num_warps=job.options["num_warps"],
-                    num_stages=job.options["num_stages"], **read, ctas_per_sm=ctas, grid=list(grid),
-                    programs=programs, waves=round(programs / max(ctas * SM_COUNT, 1), 2),
-                    bytes_touched=_bytes_touched(launch), autotune_config=config is not None,
-                    exempt=EXEMPT.get(job.fn.__name__)))
+    for entry, launch, config, job, grid in specialized:
+        read = results[job.key]
+        ctas = ctas_per_sm(read["registers"], read["shared"], job.options["num_warps"])
+        programs = grid[0] * grid[1] * grid[2]
+        rows.append(dict(
+            case=entry.case, case_dtype=entry.dtype, mode=entry.mode, kernel=job.fn.__name__,
+            dtype=_data_dtype(job), config=_config_text(job), num_warps=job.options["num_warps"],
+            num_stages=job.options["num_stages"], **read, ctas_per_sm=ctas, grid=list(grid),
+            programs=programs, waves=round(programs / max(ctas * SM_COUNT, 1), 2),
+            bytes_touched=_bytes_touched(launch), autotune_config=config is not None,
+            exempt=EXEMPT.get(job.fn.__name__)))
     return rows
 
 
@@ -364,13 +367,10 @@ def _compile_job(index: int):
 
 def report(groups, jobs: int = 1, names=None) -> tuple[list[dict], dict]:
     """Capture, compile (in `jobs` processes) and build the rows and the header."""
-    captured = capture(groups, names)
+    specialized = specialize_all(capture(groups, names))
     distinct = {}
-    for entry in captured:
-        for launch in entry.launches:
-            for config in _configs(launch.kernel):
-                job, _ = specialize(launch, config)
-                distinct.setdefault(job.key, job)
+    for *_, job, _grid in specialized:
+        distinct.setdefault(job.key, job)
     _JOBS[:] = distinct.values()
     global _BUILD_LAUNCHERS
     _BUILD_LAUNCHERS = torch.cuda.is_available()
@@ -381,7 +381,7 @@ def report(groups, jobs: int = 1, names=None) -> tuple[list[dict], dict]:
             results = dict(pool.map(_compile_job, range(len(_JOBS))))
     else:
         results = dict(map(_compile_job, range(len(_JOBS))))
-    rows = build_rows(captured, results)
+    rows = build_rows(specialized, results)
     header = dict(date=datetime.date.today().isoformat(), commit=_commit(), triton=triton.__version__,
                   torch=torch.__version__, target="sm_90", sm_count=SM_COUNT, groups=list(groups),
                   distinct_compiles=len(_JOBS), findings=findings(rows), spills=spills(rows))

@@ -157,17 +157,23 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def streaming_multiprocessors(device: torch.device) -> int:
+    """How many SMs a launch on `device` spreads over: the GPU's (or, inside `captured_launches`,
+    the captured GPU's), and 1 off CUDA or under the interpreter, where programs run one by one."""
+    capture = _CAPTURE.get()
+    if capture is not None:
+        return capture.sm_count
+    if device.type != "cuda" or backend.interpreting():
+        return 1
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def parallel_programs(device: torch.device) -> int:
     """How many programs a split reduction should aim for to fill the device.
 
     Under the interpreter every program costs Python time, so a handful is the right target.
     """
-    capture = _CAPTURE.get()
-    if capture is not None:
-        return 4 * capture.sm_count
-    if device.type != "cuda" or backend.interpreting():
-        return 4
-    return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4 * streaming_multiprocessors(device)
 
 
 def accumulator_dtype(dtype: torch.dtype):

@@ -435,11 +435,19 @@ def conv2d_backward_weight_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
-def gemm_tiles(operand: torch.Tensor, rows: int, cols: int, inner: int) -> dict:
-    """Tiles and warps of the implicit GEMMs (forward and dgrad): rows are output positions, cols
-    output channels, and the reduction runs over `inner` channels of `operand` per tap.
+def channels_contiguous(t: torch.Tensor) -> bool:
+    """Consecutive channels of a pixel lie next to each other (channels_last), or there is one."""
+    return t.shape[1] == 1 or t.stride(1) == 1
 
-    Chosen by the static sm_90 report (bench/results/static-sm90.md):
+
+def gemm_configs(operand: torch.Tensor, rows: int, cols: int, inner: int) -> list:
+    """Tile configs of the implicit GEMMs (forward, stem and dgrad): rows are output positions,
+    cols output channels, and the reduction runs over `inner` channels of `operand` per tap. The
+    first is the launch's own choice; on the GPU the autotuner also times the others (one more
+    stage, the other row-tile height); the interpreter runs the first alone.
+
+    Chosen by the static sm_90 report (bench/results/static-sm90.md), where each compiles without
+    spills at the benchmark shapes:
     - channels not contiguous (NCHW): the operand tile is gathered one element per address, and
       64 channels x 64 positions at 4 warps needed 255 registers and spilled 0.2-1.8 KB per
       thread in fp32. 16 channels per step at 8 warps: 110-128 registers, no spills, 2 CTAs/SM.
@@ -447,23 +455,13 @@ def gemm_tiles(operand: torch.Tensor, rows: int, cols: int, inner: int) -> dict:
       no spills, where 64 positions at 4 warps left half of each wgmma's M unused.
     """
     block_n = _block(cols, 16, 128)
-    if operand.stride(1) != 1 and operand.shape[1] > 1:
-        return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, 16), num_warps=8, num_stages=3)
+    if not channels_contiguous(operand):
+        tiles = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, 16), num_warps=8, num_stages=3)
+        return [tiles, dict(tiles, num_stages=4), dict(tiles, BLOCK_M=128)]
     if operand.element_size() == 2 and rows >= 128:
-        return dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, 64), num_warps=8, num_stages=3)
-    return dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, 64), num_warps=4, num_stages=3)
-
-
-def gemm_configs(tiles: dict) -> list:
-    """`tiles` first, then the configs the autotuner also times on the GPU (never under the
-    interpreter): one more stage, and the other row-tile height with its warps. Each compiles
-    without spills at the benchmark shapes (bench/results/static-sm90.md)."""
-    more_stages = dict(tiles, num_stages=4)
-    if tiles["BLOCK_M"] == 128:
-        return [tiles, more_stages, dict(tiles, BLOCK_M=64, num_warps=4, num_stages=4)]
-    if tiles["num_warps"] == 8:  # channels not contiguous
-        return [tiles, more_stages, dict(tiles, BLOCK_M=128)]
-    return [tiles]
+        tiles = dict(BLOCK_M=128, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, 64), num_warps=8, num_stages=3)
+        return [tiles, dict(tiles, num_stages=4), dict(tiles, BLOCK_M=64, num_warps=4, num_stages=4)]
+    return [dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, 64), num_warps=4, num_stages=3)]
 
 
 # Channels of the padded input that `conv2d_forward_taps_kernel` reads (inputs with at most this
@@ -475,7 +473,7 @@ def takes_taps_kernel(x: torch.Tensor, weight: torch.Tensor, groups: int, dilati
     """A channels_last input with few channels (a stem), one group, dilation 1 along W: the
     forward runs `conv2d_forward_taps_kernel` on a channel-padded copy."""
     C = x.shape[1]
-    return 1 < C <= TAP_CHANNELS and groups == 1 and dilation[1] == 1 and x.stride(1) == 1
+    return 1 < C <= TAP_CHANNELS and groups == 1 and dilation[1] == 1 and channels_contiguous(x)
 
 
 def is_depthwise(weight: torch.Tensor) -> bool:
@@ -529,7 +527,7 @@ def forward(x, weight, bias, stride, padding, dilation, groups, output_size, act
     def grid(meta):
         return cdiv(M, meta["BLOCK_M"]), cdiv(Kg, meta["BLOCK_N"]), groups
 
-    launch_tuned(conv2d_forward_kernel, grid, gemm_configs(gemm_tiles(x, M, Kg, Cg)), key=("M", "Cg", "Kg"))(
+    launch_tuned(conv2d_forward_kernel, grid, gemm_configs(x, M, Kg, Cg), key=("M", "Cg", "Kg"))(
         *pointers, M, H, W, Ho, Wo, R, S, Cg, Kg,
         *x.stride(), *weight.stride(), *y.stride(), stride_b, *geometry,
         **epilogue, **dot_options(x.dtype, _allow_tf32(TF32_FLAG)),
@@ -550,12 +548,11 @@ def _forward_taps(x, weight, y, z, bias, geometry, epilogue):
     x_taps = torch.nn.functional.pad(x.permute(0, 2, 3, 1), padding).contiguous()
     w_taps = torch.nn.functional.pad(weight.permute(0, 2, 3, 1), padding).contiguous()
     stride_h, stride_w, pad_h, pad_w, dil_h, _ = geometry
-    tiles = gemm_tiles(x, M, K, S * TAP_CHANNELS)
 
     def grid(meta):
         return cdiv(M, meta["BLOCK_M"]), cdiv(K, meta["BLOCK_N"])
 
-    launch_tuned(conv2d_forward_taps_kernel, grid, gemm_configs(tiles), key=("M", "K", "S"))(
+    launch_tuned(conv2d_forward_taps_kernel, grid, gemm_configs(x, M, K, S * TAP_CHANNELS), key=("M", "K", "S"))(
         x_taps, w_taps, bias if bias is not None else weight, y, z if z is not None else y,
         M, H, W, Ho, Wo, R, S, K, x_taps.stride(0), x_taps.stride(1), w_taps.stride(0), w_taps.stride(1),
         *y.stride(), bias.stride(0) if bias is not None else 0, stride_h, stride_w, pad_h, pad_w, dil_h,
@@ -594,7 +591,7 @@ def backward_input(dz, weight, input_shape, stride, padding, dilation, groups, m
     def grid(meta):
         return cdiv(M, meta["BLOCK_M"]), cdiv(Cg, meta["BLOCK_N"]), groups
 
-    launch_tuned(conv2d_backward_input_kernel, grid, gemm_configs(gemm_tiles(dz, M, Cg, Kg)), key=("M", "Cg", "Kg"))(
+    launch_tuned(conv2d_backward_input_kernel, grid, gemm_configs(dz, M, Cg, Kg), key=("M", "Cg", "Kg"))(
         dz, weight, dx, M, H, W, Ho, Wo, R, S, Cg, Kg,
         *dz.stride(), *weight.stride(), *dx.stride(), *geometry,
         ACC_DTYPE=accumulator_dtype(dz.dtype), **dot_options(dz.dtype, _allow_tf32(TF32_FLAG)),
@@ -637,7 +634,7 @@ def backward_weight(dz, x, weight, stride, padding, dilation, groups, need_weigh
     part_dw = torch.empty((num_splits, K, CRS), device=dz.device, dtype=acc_dtype)
     # channels_last x: the wgrad's columns run (r, s, c), so its partials sum into dw seen as
     # (K, R, S, C/groups), a view whose logical order is theirs.
-    channels_inner = not is_depthwise(weight) and x.stride(1) == 1 and C > 1
+    channels_inner = not is_depthwise(weight) and channels_contiguous(x)
     dw_columns = dw.permute(0, 2, 3, 1) if need_weight and channels_inner else dw
     part_db = torch.empty((num_splits, K), device=dz.device, dtype=acc_dtype) if need_bias else part_dw
     if is_depthwise(weight):

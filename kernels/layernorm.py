@@ -247,10 +247,10 @@ def row_col_axes(shape, normalized_ndim, *strides):
     return rows[1][0], per_tensor
 
 
-def plan_blocks(M: int, N: int):
+def plan_blocks(M: int, N: int, tile_elements: int = TILE_ELEMENTS):
     """(BLOCK_M, BLOCK_N): a whole row per column block when it fits, rows stacked up to a tile."""
     block_n = _block(N, 1, MAX_BLOCK_N)
-    block_m = _block(M, 1, TILE_ELEMENTS // block_n)
+    block_m = _block(M, 1, max(1, tile_elements // block_n))
     return block_m, block_n
 
 
@@ -263,12 +263,11 @@ def _block_kwargs(blocks):
 
 
 def plan_backward_blocks(M: int, N: int):
-    """(BLOCK_M, BLOCK_N) of the backward: whole rows when they fit, stacked up to only
+    """(BLOCK_M, BLOCK_N) of the backward: `plan_blocks` with rows stacked up to only
     BACKWARD_TILE_ELEMENTS. The backward holds more per element than the forward (x, dy, xhat,
     and the column sums of its chunk): at the forward's 4 x 1024 tile and 8 warps it took 128
     registers, 2 CTAs (16 warps) per SM (static sm_90 report); 1 x 1024 at 4 warps takes 56."""
-    block_n = _block(N, 1, MAX_BLOCK_N)
-    return _block(M, 1, max(1, BACKWARD_TILE_ELEMENTS // block_n)), block_n
+    return plan_blocks(M, N, BACKWARD_TILE_ELEMENTS)
 
 
 def _backward_block_kwargs(blocks):

@@ -29,7 +29,8 @@ import triton.language as tl
 
 from tritonprop.kernels import elementwise
 from tritonprop.kernels._common import (_allow_tf32, _block, accumulator_dtype, accumulator_torch_dtype, cdiv,
-                                        dot_accumulate, dot_options, launch_tuned, parallel_programs)
+                                        dot_accumulate, dot_options, launch_tuned, parallel_programs,
+                                        streaming_multiprocessors)
 from tritonprop.kernels.activations import ACTIVATIONS, SAVES_PREACTIVATION, apply_activation
 from tritonprop.kernels.reduction import sum_partials
 
@@ -192,7 +193,7 @@ def _matmul(a, b, c, *, k_per_split, bias=None, activation=None, z=None, row_sum
     cols = b.shape[1]
     num_splits = c.shape[0]
     if config is None:
-        config = _tiles(a.dtype, rows, cols, inner, parallel_programs(a.device) // 4)
+        config = _tiles(a.dtype, rows, cols, inner, streaming_multiprocessors(a.device))
 
     def grid(meta):
         # A product with no columns still runs one column of programs, for the row sums.
@@ -265,7 +266,7 @@ def backward_weight(dz, x, need_weight=True, need_bias=True, splits=None):
     # Without dw the product runs on zero columns of x: only the row sums of dz^T, db, are made.
     b = x if need_weight else x[:, :0]
     a = dz.t()
-    config = _tiles(dz.dtype, N, b.shape[1], M, parallel_programs(dz.device) // 4)
+    config = _tiles(dz.dtype, N, b.shape[1], M, streaming_multiprocessors(dz.device))
     if splits is None:
         tiles = cdiv(N, config["BLOCK_M"]) * max(1, cdiv(b.shape[1], config["BLOCK_N"]))
         splits = cdiv(parallel_programs(dz.device), tiles)

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import (_block, accumulator_dtype, cdiv, launch, parallel_programs, plan,
+from tritonprop.kernels._common import (_block, accumulator_dtype, cdiv, launch, plan, streaming_multiprocessors,
                                         strided_offsets, unravel)
 
 # Widest column block, and the most partials one program loads at a time (BLOCK_P * BLOCK_N).
@@ -106,7 +106,8 @@ def sum_partials(part: torch.Tensor, out: torch.Tensor, copy: torch.Tensor | Non
     # grid would leave SMs idle: a LayerNorm backward over 4096 columns sums ~1000 partials per
     # column, which is 32 programs at 128 columns.
     block_n = _block(N, 1, MAX_BLOCK_N)
-    while block_n > 8 and cdiv(N, block_n) < parallel_programs(part.device) // 4:
+    sm_count = streaming_multiprocessors(part.device)
+    while block_n > 8 and cdiv(N, block_n) < sm_count:
         block_n //= 2
     block_p = _block(P, 1, TILE_ELEMENTS // block_n)
     copy_strides = layout.strides[1] if copy is not None else (0, 0, 0, 0)

@@ -336,8 +336,9 @@ def _check_target_range(op, target, classes, ignore_index):
         return
     # With the ignored targets read as class 0, every target is in range exactly when the
     # smallest and the largest are: one reduction, where the elementwise test takes five ops.
-    low, high = torch.aminmax(target.masked_fill(target == ignore_index, 0))
-    if int(low) < 0 or int(high) >= classes:
+    # (Both bounds in one read from the device: each int() of a CUDA tensor waits for it.)
+    low, high = torch.stack(torch.aminmax(target.masked_fill(target == ignore_index, 0))).tolist()
+    if low < 0 or high >= classes:
         raise IndexError(f"{op}: Target {int(target[_out_of_range(target, classes, ignore_index)][0])} is out of "
                          "bounds.")
 
