@@ -1,4 +1,5 @@
-"""pytest-benchmark suite for the RNN: tritonprop vs the Python loop over time vs torch.nn.RNN (cuDNN).
+"""pytest-benchmark suite for the RNN, LSTM and GRU: tritonprop vs the Python loop over time vs torch.nn's
+(cuDNN).
 
 bench/harness.py times each row.
 """
@@ -8,10 +9,10 @@ import pytest
 
 from tritonprop.bench import timing
 from tritonprop.bench.case import IMPLS, MODES
-from tritonprop.bench.cases_rnn import rnn_cases
+from tritonprop.bench.cases_rnn import gru_cases, lstm_cases, rnn_cases
 from tritonprop.bench.harness import benchmark_case
 
-CASES = rnn_cases(timing.bench_device())
+CASES = [case for cases in (rnn_cases, lstm_cases, gru_cases) for case in cases(timing.bench_device())]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -31,7 +31,7 @@ from tritonprop.bench.cases_elementwise import elementwise_cases
 from tritonprop.bench.cases_layernorm import layer_norm_cases
 from tritonprop.bench.cases_linear import linear_cases
 from tritonprop.bench.cases_models import models_cases
-from tritonprop.bench.cases_rnn import rnn_cases
+from tritonprop.bench.cases_rnn import gru_cases, lstm_cases, rnn_cases
 from tritonprop.bench.case import DTYPE_NAMES, IMPLS, MEMORY_FORMATS, MODES, Callables, Case, seeded_generator  # noqa: F401
 from tritonprop.ops.reference import batchnorm as reference_batchnorm
 from tritonprop.ops.reference import conv2d as reference_conv2d

@@ -1,10 +1,12 @@
-"""RNN benchmark cases: the BENCHMARKS.md RNN table (one tanh layer) on CUDA, tiny stand-ins on the CPU.
+"""Recurrent benchmark cases: the BENCHMARKS.md RNN table (one tanh layer) on CUDA, and the LSTM
+and GRU at the same (T, B, I, H); tiny stand-ins on the CPU.
 
-Each case times three implementations: "tritonprop" (ops.RNN: the hoisted input projection, then
-the persistent recurrence kernel; BPTT in one reverse launch, then the weight-gradient matmuls),
-"naive" (the Python loop over time steps with autograd doing BPTT, ops/reference/rnn.py) and
-"torch" (torch.nn.RNN, cuDNN on CUDA, the baseline). FLOPs follow BENCHMARKS.md: 2*T*B*H*(I+H)
-for the forward, x3 for forward plus backward. Under the interpreter each case keeps its dtype and
+Each case times three implementations: "tritonprop" (ops.RNN / LSTM / GRU: the hoisted input
+projection, then the recurrence engine, persistent where the grid fits the GPU; BPTT the same way
+in reverse, then the weight-gradient matmuls), "naive" (the Python loop over time steps with
+autograd doing BPTT, ops/reference/) and "torch" (torch.nn.RNN / LSTM / GRU, cuDNN on CUDA, the
+baseline). FLOPs follow BENCHMARKS.md: 2*T*B*G*H*(I+H) for the forward (G gate blocks: RNN 1,
+LSTM 4, GRU 3), x3 for forward plus backward. Under the interpreter each case keeps its dtype and
 shrinks to a tiny stand-in shape.
 """
 from __future__ import annotations
@@ -12,6 +14,10 @@ from __future__ import annotations
 import torch
 
 from tritonprop.bench.case import Callables, Case, seeded_generator
+from tritonprop.ops.gru import GRU
+from tritonprop.ops.lstm import LSTM
+from tritonprop.ops.reference import gru as reference_gru
+from tritonprop.ops.reference import lstm as reference_lstm
 from tritonprop.ops.reference import rnn as reference
 from tritonprop.ops.rnn import RNN
 
@@ -25,25 +31,45 @@ RNN_SHAPES = [
     ((1024, 8, 128, 256), torch.bfloat16, {"fwd+bwd": 5.0}),
 ]
 CPU_SHAPE = (4, 2, 3, 5)
+# The LSTM and GRU at the RNN rows' shapes; BENCHMARKS.md's target for both: >= 3x cuDNN forward
+# plus backward at (256, 64, 256, 512).
+GATED_SHAPES = [
+    ((256, 64, 256, 512), torch.float32, {"fwd+bwd": 3.0}),
+    ((256, 64, 256, 512), torch.bfloat16, {"fwd+bwd": 3.0}),
+    ((256, 64, 1024, 1024), torch.bfloat16, {}),
+    ((16, 64, 57, 128), torch.float32, {}),
+    ((1024, 8, 128, 256), torch.bfloat16, {}),
+]
+# op -> (our module, torch's, the naive loop, gate blocks G, its shapes)
+FAMILY = {
+    "rnn": (RNN, torch.nn.RNN, reference.rnn, 1, RNN_SHAPES),
+    "lstm": (LSTM, torch.nn.LSTM, reference_lstm.lstm, 4, GATED_SHAPES),
+    "gru": (GRU, torch.nn.GRU, reference_gru.gru, 3, GATED_SHAPES),
+}
 
 
-def _build_rnn(case: Case, device: torch.device) -> Callables:
+def _build_recurrent(case: Case, device: torch.device) -> Callables:
     T, B, I, H = case.shape
+    ours_class, torch_class, naive, _, _ = FAMILY[case.op]
     generator = seeded_generator(device)
-    theirs = torch.nn.RNN(I, H).to(device, case.dtype)
-    ours = RNN(I, H).to(device, case.dtype)
+    theirs = torch_class(I, H).to(device, case.dtype)
+    ours = ours_class(I, H).to(device, case.dtype)
     ours.load_state_dict(theirs.state_dict())
     x = torch.randn((T, B, I), generator=generator, device=device).to(case.dtype).requires_grad_()
     h0 = torch.randn((1, B, H), generator=generator, device=device).to(case.dtype).requires_grad_()
+    if case.op == "lstm":
+        c0 = torch.randn((1, B, H), generator=generator, device=device).to(case.dtype).requires_grad_()
+        h0 = (h0, c0)
     dy = torch.randn((T, B, H), generator=generator, device=device).to(case.dtype)
 
     def run_naive(x, h0):
-        return reference.rnn(x, h0, theirs._flat_weights)
+        return naive(x, h0, theirs._flat_weights)
 
     modules = {"tritonprop": ours, "naive": run_naive, "torch": theirs}
     callables = {}
     for impl, module in modules.items():
-        leaves = (x, h0, *(theirs.parameters() if impl != "tritonprop" else ours.parameters()))
+        states = h0 if isinstance(h0, tuple) else (h0,)
+        leaves = (x, *states, *(theirs.parameters() if impl != "tritonprop" else ours.parameters()))
 
         def forward(module=module):
             return module(x, h0)[0]
@@ -56,14 +82,30 @@ def _build_rnn(case: Case, device: torch.device) -> Callables:
     return callables
 
 
-def rnn_cases(device: torch.device) -> list[Case]:
-    """RNN cases: BENCHMARKS.md shapes on CUDA, tiny stand-ins on the CPU."""
+def _cases(op: str, device: torch.device) -> list[Case]:
+    """`op`'s cases: BENCHMARKS.md shapes on CUDA, tiny stand-ins on the CPU."""
+    gates, shapes = FAMILY[op][3], FAMILY[op][4]
     cases = []
-    for cuda_shape, dtype, target in RNN_SHAPES:
+    for cuda_shape, dtype, target in shapes:
         T, B, I, H = cuda_shape if device.type == "cuda" else CPU_SHAPE
-        flops = 2 * T * B * H * (I + H)
+        flops = 2 * T * B * gates * H * (I + H)
         cases.append(Case(
-            op="rnn", label=f"T{T}xB{B}xI{I}xH{H}", shape=(T, B, I, H), dtype=dtype, layout="time-major",
-            builder=_build_rnn, work={"fwd": flops, "fwd+bwd": 3 * flops}, unit="flops", target=target,
+            op=op, label=f"T{T}xB{B}xI{I}xH{H}", shape=(T, B, I, H), dtype=dtype, layout="time-major",
+            builder=_build_recurrent, work={"fwd": flops, "fwd+bwd": 3 * flops}, unit="flops", target=target,
         ))
     return cases
+
+
+def rnn_cases(device: torch.device) -> list[Case]:
+    """RNN (tanh) cases."""
+    return _cases("rnn", device)
+
+
+def lstm_cases(device: torch.device) -> list[Case]:
+    """LSTM cases, at the RNN rows' shapes."""
+    return _cases("lstm", device)
+
+
+def gru_cases(device: torch.device) -> list[Case]:
+    """GRU cases, at the RNN rows' shapes."""
+    return _cases("gru", device)

@@ -78,7 +78,7 @@ read -r -a pytest_args <<< "${DEVICE_CHECK_PYTEST_ARGS:-}"
 # code is most likely to differ from the interpreter's. Then double backward, the two files with a
 # few CUDA tests, and every other file (models, compile, OpInfo, data, docs), which run on CPU
 # tensors or touch no kernel and are covered by the CPU runs.
-TESTS_FIRST="attention conv2d linear rnn multihead_attention batchnorm layernorm cross_entropy activations
+TESTS_FIRST="attention conv2d linear rnn lstm_gru multihead_attention batchnorm layernorm cross_entropy activations
              dropout double_backward_dense double_backward_norm_conv backend train"
 
 STAGES=${DEVICE_CHECK_STAGES:-warm smoke bench tests}

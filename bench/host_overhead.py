@@ -148,6 +148,45 @@ def _rnn(randn):
                   tensors, list(range(6)))
 
 
+def _gated_cell(gates, ours, theirs):
+    def sample(randn):
+        state = [randn(BATCH, RNN_HIDDEN)] * (2 if gates == 4 else 1)
+        tensors = [randn(BATCH, RNN_INPUT), *state, randn(gates * RNN_HIDDEN, RNN_INPUT),
+                   randn(gates * RNN_HIDDEN, RNN_HIDDEN), randn(gates * RNN_HIDDEN), randn(gates * RNN_HIDDEN)]
+
+        def call(cell):
+            # The LSTM's state is the pair (h, c).
+            def run(x, *rest):
+                hx = tuple(rest[:2]) if gates == 4 else rest[0]
+                out = cell(x, hx, *rest[len(state):])
+                return out[0] if gates == 4 else out
+            return run
+
+        return Sample(call(ours), call(theirs), tensors, list(range(len(tensors))))
+    return sample
+
+
+def _gated_sequence(gates, ours, theirs):
+    # torch's functional LSTM and GRU are torch._VF.lstm / gru, which torch.nn.LSTM / GRU's forward
+    # call (arguments: has_biases, num_layers, dropout, train, bidirectional, batch_first).
+    def sample(randn):
+        state = [randn(1, BATCH, RNN_HIDDEN)] * (2 if gates == 4 else 1)
+        tensors = [randn(STEPS, BATCH, RNN_INPUT), *state, randn(gates * RNN_HIDDEN, RNN_INPUT),
+                   randn(gates * RNN_HIDDEN, RNN_HIDDEN), randn(gates * RNN_HIDDEN), randn(gates * RNN_HIDDEN)]
+        count = len(state)
+
+        def run_ours(x, *rest):
+            hx = tuple(rest[:count]) if gates == 4 else rest[0]
+            return ours(x, hx, list(rest[count:]))[0]
+
+        def run_theirs(x, *rest):
+            hx = list(rest[:count]) if gates == 4 else rest[0]
+            return theirs(x, hx, list(rest[count:]), True, 1, 0.0, True, False, False)[0]
+
+        return Sample(run_ours, run_theirs, tensors, list(range(len(tensors))))
+    return sample
+
+
 # Every op of the registry (tests/test_host_overhead.py checks) -> its sample, built from a draw of
 # standard normals of a given shape. Every op is differentiable, so each is timed in both modes.
 SAMPLES: dict[str, Callable[[Callable[..., torch.Tensor]], Sample]] = {
@@ -164,6 +203,10 @@ SAMPLES: dict[str, Callable[[Callable[..., torch.Tensor]], Sample]] = {
     "scaled_dot_product_attention": _attention,
     "rnn_cell": _rnn_cell,
     "rnn": _rnn,
+    "lstm_cell": _gated_cell(4, ops.lstm_cell, torch.lstm_cell),
+    "gru_cell": _gated_cell(3, ops.gru_cell, torch.gru_cell),
+    "lstm": _gated_sequence(4, ops.lstm, torch._VF.lstm),
+    "gru": _gated_sequence(3, ops.gru, torch._VF.gru),
 }
 
 

@@ -47,31 +47,25 @@ from triton.runtime.jit import create_function_from_signature
 from tritonprop import backend
 from tritonprop.bench import cases as bench_cases
 from tritonprop.bench.case import DTYPE_NAMES, MODES
-from tritonprop.kernels._common import captured_launches
+from tritonprop.kernels._common import captured_launches, ctas_per_sm
 
 HOPPER = GPUTarget("cuda", 90, 32)
 
-# H100 / H200 (compute capability 9.0) per-SM limits, from CUDA's occupancy tables.
 SM_COUNT = 132
-REGISTERS_PER_SM = 65536
-REGISTER_ALLOCATION_UNIT = 256  # registers are given to a warp in blocks of 256
-MAX_WARPS_PER_SM = 64
-MAX_CTAS_PER_SM = 32
-SHARED_PER_SM = 228 * 1024
-SHARED_RESERVED_PER_CTA = 1024  # the driver keeps 1 KB of each CTA's shared memory
 
 # A launch that touches less than this many bytes is done in a few microseconds whatever its grid
 # (launch latency dominates), so the grid-fill check leaves it alone: the fixed-order finishing
 # sums over a handful of partials, the per-channel statistics merge, a loss's final reduction.
 SMALL_LAUNCH_BYTES = 4 << 20
 
-# Kernels the checks leave alone, each with the reason the report prints. The RNN recurrence is
-# persistent (one CTA per 16 batch rows loops over all T steps), and its 16-row tiles are below
-# wgmma's M of 64; issue #15 redesigns it. Its rows stay in the report.
-EXEMPT = {
-    "rnn_forward_recurrence_kernel": "persistent over T; 16-row tiles (mma.sync): redesigned by issue #15",
-    "rnn_backward_recurrence_kernel": "persistent over T; 16-row tiles (mma.sync): redesigned by issue #15",
+# Kernels whose programs meet at a grid-wide barrier: one launch loops over all T steps, so the
+# grid must be co-resident (at most CTAs/SM x SM_COUNT) and is judged against PERSISTENT_MIN_PROGRAMS
+# rather than against half the SMs. Each with what the report prints.
+PERSISTENT = {
+    "recurrence_forward_persistent_kernel": "recurrence, all T steps in one launch (grid barrier)",
+    "recurrence_backward_persistent_kernel": "BPTT, all T steps in one launch (grid barrier)",
 }
+PERSISTENT_MIN_PROGRAMS = 32
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,16 +202,6 @@ def compile_and_read(job: Compile) -> dict:
     return dict(usage, shared=compiled.metadata.shared, dot=dot, loads=loads, matmul="tt.dot" in ttir)
 
 
-def ctas_per_sm(registers: int, shared: int, num_warps: int) -> int:
-    """How many CTAs of this kernel fit on one SM at once: the least of the register, shared
-    memory, warp and CTA limits."""
-    per_warp = -(-max(registers, 1) * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
-    by_registers = (REGISTERS_PER_SM // per_warp) // num_warps
-    by_shared = SHARED_PER_SM // (shared + SHARED_RESERVED_PER_CTA)
-    by_warps = MAX_WARPS_PER_SM // num_warps
-    return max(0, min(by_registers, by_shared, by_warps, MAX_CTAS_PER_SM))
-
-
 # ----------------------------------------------------------------------------------------------
 # 3. Rows and checks
 # ----------------------------------------------------------------------------------------------
@@ -264,7 +248,7 @@ def build_rows(specialized: list[tuple], results: dict) -> list[dict]:
             num_stages=job.options["num_stages"], **read, ctas_per_sm=ctas, grid=list(grid),
             programs=programs, waves=round(programs / max(ctas * SM_COUNT, 1), 2),
             bytes_touched=_bytes_touched(launch), autotune_config=config is not None,
-            exempt=EXEMPT.get(job.fn.__name__)))
+            persistent=job.fn.__name__ in PERSISTENT))
     return rows
 
 
@@ -272,29 +256,34 @@ def findings(rows: list[dict]) -> list[str]:
     """What the CI subset test fails on (tests/test_static_sm90.py), one line per distinct problem:
     - a 16-bit kernel that spills;
     - a 16-bit matmul-shaped kernel (one with a tl.dot) whose dot is not wgmma;
-    - a launch big enough to matter (SMALL_LAUNCH_BYTES) that fills fewer than half the SMs,
-      unless the kernel is persistent by design.
-    Kernels in EXEMPT are skipped. Spills at any dtype are listed by `spills`."""
+    - a launch big enough to matter (SMALL_LAUNCH_BYTES) that fills fewer than half the SMs;
+    - a persistent kernel (PERSISTENT) whose grid is under PERSISTENT_MIN_PROGRAMS, or more than
+      can be resident at once (its grid barrier would never open).
+    Spills at any dtype are listed by `spills`."""
     problems = []
     for row in rows:
-        if row["exempt"]:
-            continue
         where = f"{row['kernel']} [{row['config']}] in {row['case']} {row['mode']}"
         if row["dtype"] in ("bf16", "fp16"):
             if row["spill_stores"] or row["spill_loads"]:
                 problems.append(f"{where}: spills {row['spill_stores']} B stored / {row['spill_loads']} B loaded")
             if row["matmul"] and row["dot"] != "wgmma":
                 problems.append(f"{where}: tl.dot compiled to {row['dot']}, not wgmma")
-        if row["programs"] < SM_COUNT // 2 and row["bytes_touched"] >= SMALL_LAUNCH_BYTES:
+        if row["persistent"]:
+            if row["programs"] < PERSISTENT_MIN_PROGRAMS:
+                problems.append(f"{where}: persistent grid of {row['programs']} CTAs, under {PERSISTENT_MIN_PROGRAMS}")
+            if row["programs"] > row["ctas_per_sm"] * SM_COUNT:
+                problems.append(f"{where}: persistent grid of {row['programs']} CTAs cannot be co-resident "
+                                f"({row['ctas_per_sm']} per SM)")
+        elif row["programs"] < SM_COUNT // 2 and row["bytes_touched"] >= SMALL_LAUNCH_BYTES:
             problems.append(f"{where}: {row['programs']} CTAs on {SM_COUNT} SMs")
     return sorted(set(problems))
 
 
 def spills(rows: list[dict]) -> list[str]:
-    """Every spilling kernel outside EXEMPT, at any dtype: the report holds them all to zero."""
+    """Every spilling kernel, at any dtype: the report holds them all to zero."""
     return sorted({f"{row['kernel']} [{row['config']}] {row['dtype']} in {row['case']}: "
                    f"{row['spill_stores']} B / {row['spill_loads']} B" for row in rows
-                   if (row["spill_stores"] or row["spill_loads"]) and not row["exempt"]})
+                   if row["spill_stores"] or row["spill_loads"]})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,7 +297,7 @@ COLUMNS = ("kernel", "dtype", "config", "regs", "spills (B)", "smem (KB)", "dot"
 def _cells(row: dict) -> list[str]:
     grid = "x".join(str(g) for g in row["grid"] if g != 1) or "1"
     spill = f"{row['spill_stores']}/{row['spill_loads']}" if row["spill_stores"] or row["spill_loads"] else "0"
-    note = " (exempt)" if row["exempt"] else ""
+    note = ", persistent" if row["persistent"] else ""
     return [row["kernel"], row["dtype"], row["config"], str(row["registers"]), spill, f"{row['shared'] / 1024:.1f}",
             row["dot"], row["loads"], str(row["ctas_per_sm"]), f"{grid} ({row['programs']}){note}", f"{row['waves']:g}"]
 
@@ -331,8 +320,9 @@ def markdown(rows: list[dict], header: dict) -> str:
         f"{len(header['spills'])}.",
         "",
     ]
-    for kernel, reason in EXEMPT.items():
-        lines.append(f"- exempt from the checks: `{kernel}`: {reason}")
+    for kernel, what in PERSISTENT.items():
+        lines.append(f"- persistent: `{kernel}`: {what}; its grid must be co-resident and at least "
+                     f"{PERSISTENT_MIN_PROGRAMS} CTAs")
     for problem in header["findings"]:
         lines.append(f"- finding: {problem}")
     for spill in header["spills"]:

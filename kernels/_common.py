@@ -98,6 +98,11 @@ def captured_launches(sm_count: int):
         _CAPTURE.reset(token)
 
 
+def capturing() -> bool:
+    """Whether launches are being recorded by `captured_launches` rather than run."""
+    return _CAPTURE.get() is not None
+
+
 @contextlib.contextmanager
 def allocations_only():
     """Run launch functions for their allocations alone: the fake (meta) implementation of every
@@ -166,6 +171,26 @@ def streaming_multiprocessors(device: torch.device) -> int:
     if device.type != "cuda" or backend.interpreting():
         return 1
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+# H100 / H200 (compute capability 9.0) per-SM limits, from CUDA's occupancy tables.
+REGISTERS_PER_SM = 65536
+REGISTER_ALLOCATION_UNIT = 256  # registers are given to a warp in blocks of 256
+MAX_WARPS_PER_SM = 64
+MAX_CTAS_PER_SM = 32
+SHARED_PER_SM = 228 * 1024
+SHARED_RESERVED_PER_CTA = 1024  # the driver keeps 1 KB of each CTA's shared memory
+
+
+def ctas_per_sm(registers: int, shared: int, num_warps: int) -> int:
+    """How many CTAs of a compiled kernel fit on one sm_90 SM at once: the least of the register,
+    shared memory, warp and CTA limits. A persistent kernel whose programs meet at a grid barrier
+    may launch at most this many per SM."""
+    per_warp = -(-max(registers, 1) * 32 // REGISTER_ALLOCATION_UNIT) * REGISTER_ALLOCATION_UNIT
+    by_registers = (REGISTERS_PER_SM // per_warp) // num_warps
+    by_shared = SHARED_PER_SM // (shared + SHARED_RESERVED_PER_CTA)
+    by_warps = MAX_WARPS_PER_SM // num_warps
+    return max(0, min(by_registers, by_shared, by_warps, MAX_CTAS_PER_SM))
 
 
 def parallel_programs(device: torch.device) -> int:

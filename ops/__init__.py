@@ -13,13 +13,15 @@ from tritonprop.ops.dropout import Dropout, dropout
 from tritonprop.ops.layernorm import LayerNorm, layer_norm
 from tritonprop.ops.linear import Linear, linear
 from tritonprop.ops.rnn import RNN, RNNCell, rnn, rnn_cell
+from tritonprop.ops.lstm import LSTM, LSTMCell, lstm, lstm_cell
+from tritonprop.ops.gru import GRU, GRUCell, gru, gru_cell
 
 __all__ = [
     "batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
     "conv2d", "Conv2d", "fuse_conv_bn_eval",
     "dropout", "Dropout", "gelu", "GELU", "relu", "ReLU",
     "layer_norm", "LayerNorm", "linear", "Linear",
-    "rnn", "RNN", "rnn_cell", "RNNCell",
+    "rnn", "RNN", "rnn_cell", "RNNCell", "lstm", "LSTM", "lstm_cell", "LSTMCell", "gru", "GRU", "gru_cell", "GRUCell",
     "scaled_dot_product_attention", "MultiheadAttention",
     "cross_entropy", "CrossEntropyLoss", "log_softmax", "LogSoftmax", "nll_loss", "NLLLoss",
 ]

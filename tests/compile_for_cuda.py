@@ -260,38 +260,61 @@ def linear_kernels():
 
 
 def rnn_kernels():
+    """The RNN cell (the sequence runs on the recurrence engine: `recurrence_kernels`)."""
     from tritonprop.kernels import rnn as K
 
-    workspaces = {"state_ptr", "grad_ptr"}
     for dtype, acc, precisions in (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
                                    ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])):
+        for precision in precisions:
+            dot = dict(ACC_DTYPE=acc, INPUT_PRECISION=precision, UPCAST_OPERANDS=False)
+            for relu in (False, True):
+                yield K.rnn_cell_forward_kernel, lambda name: dtype, dict(dot, HAS_BIAS=True, RELU=relu, BLOCK_B=32,
+                                                                            BLOCK_N=64, BLOCK_K=32)
+        for relu in (False, True):
+            yield K.rnn_cell_grad_kernel, lambda name: dtype, dict(RELU=relu, BLOCK_B=32, BLOCK_N=64, ACC_DTYPE=acc)
+
+
+def recurrence_kernels(full=True):
+    """The recurrence engine of the RNN, LSTM and GRU: for every cell, the persistent kernels
+    (grid barrier included) and the per-step ones, at the tiles `plan` gives the RNN benchmark
+    shapes, in both directions, with lengths. The quick subset: bf16 and fp64, reverse with
+    lengths; full: every dtype and precision, and both directions with and without lengths."""
+    from tritonprop.kernels import recurrence as K
+
+    workspaces = {"partial_ptr", "cells_ptr", "gates_ptr", "carry_ptr", "dc_ptr"}
+    dtypes = (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]), ("fp32", tl.float32, ["tf32", "ieee"]),
+              ("fp64", tl.float64, ["ieee"]))
+    for dtype, acc, precisions in dtypes if full else (dtypes[0], dtypes[3]):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
+        torch_dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64"}[dtype])
 
         def pointer(name):
-            if name == "lengths_ptr":
+            if name in ("lengths_ptr", "sync_ptr"):
                 return "i32"
             return acc_name if name in workspaces else dtype
 
         for precision in precisions:
             dot = dict(ACC_DTYPE=acc, INPUT_PRECISION=precision, UPCAST_OPERANDS=False)
-            for relu in (False, True):
-                yield K.rnn_cell_forward_kernel, pointer, dict(dot, HAS_BIAS=True, RELU=relu, BLOCK_B=32,
-                                                               BLOCK_N=64, BLOCK_K=32)
-            # The resident variant at its largest tile and the streamed one, each as the launch plans
-            # it (num_warps included), in both directions and with and without lengths.
-            torch_dtype = getattr(torch, {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32",
-                                          "fp64": "float64"}[dtype])
-            largest_resident = K.RESIDENT_MAX_H[torch_dtype]
-            for hidden in (largest_resident, 2 * largest_resident):
-                plan = K.plan_recurrence(torch_dtype, hidden)
-                num_warps = plan.pop("num_warps")
-                for reverse in (False, True):
-                    for has_lengths in (False, True):
-                        options = dict(dot, **plan, REVERSE=reverse, RELU=reverse, HAS_LENGTHS=has_lengths)
-                        yield K.rnn_forward_recurrence_kernel, pointer, options, num_warps
-                        yield K.rnn_backward_recurrence_kernel, pointer, options, num_warps
-        for relu in (False, True):
-            yield K.rnn_cell_grad_kernel, pointer, dict(RELU=relu, BLOCK_B=32, BLOCK_N=64, ACC_DTYPE=acc)
+            for cell in K.CELLS.values():
+                # (T, B, H) of the BENCHMARKS.md RNN rows that set targets: wide and narrow batches.
+                for batch, hidden in ((64, 512), (8, 256)) if full else ((8, 256),):
+                    for backward in (False, True):
+                        p = K.plan(cell, torch_dtype, hidden, batch, backward)
+                        tiles = dict(BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, BLOCK_B=p.BLOCK_B)
+                        yield K.recurrence_product_kernel, pointer, dict(dot, **tiles)
+                        for reverse, lengths in ((False, False), (True, True)) if full else ((True, True),):
+                            step = dict(REVERSE=reverse, CELL=cell, HAS_LENGTHS=lengths, BLOCK_B=p.BLOCK_B,
+                                        BLOCK_U=p.BLOCK_U, ACC_DTYPE=acc)
+                            if backward:
+                                yield K.recurrence_backward_update_kernel, pointer, step
+                                yield K.recurrence_backward_persistent_kernel, pointer, dict(step, **dot, **tiles)
+                            else:
+                                step = dict(step, HAS_BIAS=True)
+                                yield K.recurrence_forward_update_kernel, pointer, step
+                                yield K.recurrence_forward_persistent_kernel, pointer, dict(step, **dot, **tiles)
+                        if backward:
+                            yield K.recurrence_backward_finish_kernel, pointer, dict(CELL=cell, BLOCK_B=p.BLOCK_B,
+                                                                                     BLOCK_U=p.BLOCK_U)
 
 
 def attention_kernels(full=True):

@@ -118,9 +118,11 @@ def test_cli_info_reports_versions_and_op_modes():
     assert f"torch            {torch.__version__}" in result.stdout
     mode = "interpreted" if backend.interpreting() else "compiled"
     # Every op of the registry, a line each, with its mode in one column whatever the op's name.
-    rows = result.stdout.split("ops:\n", 1)[1].splitlines()
+    rows = result.stdout.split("ops:\n", 1)[1].split("recurrence (", 1)[0].splitlines()
     assert [row.split()[0] for row in rows] == list(registry.OPS)
     assert {row.index(mode) for row in rows} == {rows[0].index(mode)}
+    # How the RNN, LSTM and GRU recurrences run here.
+    assert "recurrence (rnn, lstm, gru): " + ("per-step" if mode == "interpreted" else "persistent") in result.stdout
 
 
 def test_cli_selfcheck_passes():

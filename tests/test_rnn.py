@@ -1,5 +1,5 @@
 """RNN: gradcheck of the cell and the sequence, parity with torch.nn.RNN for every constructor option,
-packed sequences, both recurrence variants, a long sequence, clipping, dropout, errors."""
+packed sequences, the split recurrence, a long sequence, clipping, dropout, errors."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
 from helpers import assert_close, assert_gradcheck, assert_matches
 from tritonprop import backend
+from tritonprop.kernels import recurrence
 from tritonprop.kernels import rnn as K
 from tritonprop.ops.reference import rnn as reference
 from tritonprop.ops.reference import rnn_numpy
@@ -99,16 +100,16 @@ def _cell_tensors(device, B=2, I=3, H=4, bias=True, dtype=torch.float32):
 
 
 @pytest.fixture
-def streamed(monkeypatch):
-    """Force the streamed recurrence (W_hh tiles from memory, state in the ping-pong workspace) on
-    small H, with 16 x 16 tiles, so H = 20 takes two ragged tiles."""
-    for dtype in K.RESIDENT_MAX_H:
-        monkeypatch.setitem(K.RESIDENT_MAX_H, dtype, 8)
-        monkeypatch.setitem(K.STREAMED_TILES, dtype, (16, 16))
+def split(monkeypatch):
+    """Split the recurrence's K dimension in slices of 16 on small H (H = 17 or 20 takes two
+    ragged slices, summed by every unit's update), over a grid of several programs."""
+    for dtype in recurrence.MAX_BLOCK_K:
+        monkeypatch.setitem(recurrence.MAX_BLOCK_K, dtype, 16)
+    monkeypatch.setattr(recurrence, "TARGET_PROGRAMS", 8)
 
 
 # ------------------------------------------------------------------------------------------------
-# gradcheck (float64): the cell, the sequence over the constructor grid, the streamed variant
+# gradcheck (float64): the cell, the sequence over the constructor grid, the split recurrence
 # ------------------------------------------------------------------------------------------------
 
 
@@ -143,8 +144,8 @@ def test_gradcheck_sequence_full_jacobian_grid(device, seq):
     assert_gradcheck(_sequence_fn(**seq.kwargs), x, hx, *weights)
 
 
-def test_gradcheck_streamed_recurrence(device, streamed):
-    seq = Seq("streamed", T=2, B=1, I=2, H=17)
+def test_gradcheck_split_recurrence(device, split):
+    seq = Seq("split", T=2, B=1, I=2, H=17)
     x, hx, weights = seq.tensors(device)
     assert_gradcheck(_sequence_fn(**seq.kwargs), x, hx, *weights, fast_mode=True)
 
@@ -251,7 +252,7 @@ def test_low_precision_follows_the_mixed_precision_contract(device, dtype):
         assert_close(g.reshape(e.shape), e, name=f"gradient of {name}")
 
 
-def test_streamed_recurrence_matches_torch_with_packed_input(device, streamed):
+def test_split_recurrence_matches_torch_with_packed_input(device, split):
     # H = 20 over 16-wide tiles, B = 17 over two programs of 16 rows, ragged lengths, both directions.
     theirs = torch.nn.RNN(2, 20, bidirectional=True).to(device)
     ours = RNN(2, 20, bidirectional=True).to(device)
@@ -433,7 +434,7 @@ def test_reference_backend_routes_to_the_loop(device, monkeypatch):
     def kernel_must_not_run(*args, **kwargs):
         raise AssertionError("the Triton kernel ran under TRITONPROP_BACKEND=reference")
 
-    monkeypatch.setattr(K, "forward", kernel_must_not_run)
+    monkeypatch.setattr(recurrence, "forward", kernel_must_not_run)
     monkeypatch.setattr(K, "cell_forward", kernel_must_not_run)
     monkeypatch.setenv(backend.BACKEND_ENV, "reference")
     module = RNN(3, 4).to(device)

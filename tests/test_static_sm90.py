@@ -18,19 +18,21 @@ import pytest
 
 from tritonprop.bench import static_sm90 as S
 
-SUBSET_OPS = "linear,attention,conv2d,layer_norm"
+SUBSET_OPS = "linear,attention,conv2d,layer_norm,rnn,lstm,gru"
 SUBSET_CASES = ",".join([
     "4096x4096x4096 +bias+gelu-bf16",
     "B4xH16xS4096xD64-bf16",
     "32x64->64x56 3x3 s1-bf16-channels_last",
     "32x64->64x56 3x3 s1-fp32-NCHW",
     "16384x4096-bf16",
+    "T256xB64xI256xH512-bf16",
+    "T1024xB8xI128xH256-bf16",
 ])
 
 
 def _row(**fields):
     row = dict(case="case", mode="fwd", kernel="k", config="c", dtype="bf16", spill_stores=0, spill_loads=0,
-               matmul=True, dot="wgmma", programs=1024, bytes_touched=1 << 30, exempt=None)
+               matmul=True, dot="wgmma", programs=1024, bytes_touched=1 << 30, persistent=False, ctas_per_sm=2)
     row.update(fields)
     return row
 
@@ -55,8 +57,10 @@ def test_checks_flag_spills_missing_wgmma_and_small_grids():
     assert S.findings([_row(dtype="fp32", spill_stores=8, dot="fma")]) == []
     assert S.spills([_row(dtype="fp32", spill_stores=8)]) != []
     assert S.findings([_row(programs=1, bytes_touched=4096)]) == []
-    assert S.findings([_row(dot="mma.sync", programs=4, exempt="redesigned elsewhere")]) == []
-    assert S.spills([_row(spill_stores=8, exempt="redesigned elsewhere")]) == []
+    # A persistent kernel: at least 32 CTAs, all resident at once.
+    assert S.findings([_row(programs=32, persistent=True)]) == []
+    assert "under 32" in S.findings([_row(programs=16, persistent=True)])[0]
+    assert "co-resident" in S.findings([_row(programs=300, persistent=True)])[0]
 
 
 def _run_report(tmp_path, *arguments):
@@ -74,7 +78,15 @@ def test_representative_subset_compiles_clean_for_sm90(tmp_path):
     # The subset reached every kernel family it names, each at its real launch configuration.
     assert {"matmul_kernel", "attention_forward_kernel", "attention_backward_dkdv_kernel",
             "attention_backward_dq_kernel", "conv2d_forward_kernel", "conv2d_backward_input_kernel",
-            "conv2d_backward_weight_kernel", "layer_norm_forward_kernel", "layer_norm_backward_kernel"} <= kernels
+            "conv2d_backward_weight_kernel", "layer_norm_forward_kernel", "layer_norm_backward_kernel",
+            "recurrence_forward_persistent_kernel", "recurrence_backward_persistent_kernel"} <= kernels
+    # The recurrence of every cell runs persistent at both RNN benchmark shapes, forward and BPTT,
+    # on wgmma (the findings above also hold its grid to >= 32 co-resident CTAs, with no spills).
+    persistent = {(row["case"].split("-")[0], row["case"].split("-")[1], row["kernel"]) for row in rows
+                  if row["persistent"] and row["dot"] == "wgmma"}
+    assert persistent == {(op, shape, f"recurrence_{direction}_persistent_kernel") for op in ("rnn", "lstm", "gru")
+                          for shape in ("T256xB64xI256xH512", "T1024xB8xI128xH256")
+                          for direction in ("forward", "backward")}
     assert all(row["registers"] > 0 for row in rows)
     assert report["header"]["findings"] == []
     assert report["header"]["spills"] == []

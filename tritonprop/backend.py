@@ -136,4 +136,8 @@ def describe() -> dict:
         mode = "compiled (CUDA tensors only)"
     # Every op of the registry (tritonprop/registry.py), in its order.
     info["ops"] = {op: mode for op in registry.OPS}
+    if selected() != "reference":
+        from tritonprop.kernels import recurrence
+
+        info["recurrence"] = recurrence.describe()
     return info

@@ -31,6 +31,11 @@ def _info(args) -> int:
     width = max(17, *(len(op) + 1 for op in info["ops"]))
     for op, mode in info["ops"].items():
         print(f"  {op:<{width}}{mode}")
+    if "recurrence" in info:
+        # RNN, LSTM and GRU layers: persistent (one launch for all steps) or one launch per step.
+        print(f"recurrence (rnn, lstm, gru): {info['recurrence']['rule']}")
+        for shape, path in info["recurrence"]["launches"].items():
+            print(f"  {shape}: {path}")
     return 0
 
 

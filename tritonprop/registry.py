@@ -94,7 +94,11 @@ OPS: dict[str, OpSpec] = dict([
     _op("scaled_dot_product_attention", "attention", LOWER_PRECISION, "attention:scaled_dot_product_attention",
         "case_attention", "attention_kernels", "attention"),
     _op("rnn_cell", "rnn", LOWER_PRECISION, "rnn:rnn_cell", "case_rnn_cell", "rnn_kernels", None),
-    _op("rnn", "rnn", LOWER_PRECISION, "rnn:rnn", "case_rnn", "rnn_kernels", "rnn"),
+    _op("rnn", "recurrence", LOWER_PRECISION, "rnn:rnn", "case_rnn", "recurrence_kernels", "rnn"),
+    _op("lstm_cell", "recurrence", LOWER_PRECISION, "lstm:lstm_cell", "case_gated_cells", "recurrence_kernels", None),
+    _op("gru_cell", "recurrence", LOWER_PRECISION, "gru:gru_cell", "case_gated_cells", "recurrence_kernels", None),
+    _op("lstm", "recurrence", LOWER_PRECISION, "lstm:lstm", "case_lstm", "recurrence_kernels", "lstm"),
+    _op("gru", "recurrence", LOWER_PRECISION, "gru:gru", "case_gru", "recurrence_kernels", "gru"),
 ])
 
 

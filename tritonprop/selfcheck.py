@@ -136,6 +136,45 @@ def case_rnn(device, dtype=torch.float32):
     return Sample(lambda x, h0: ours(x, h0)[0], lambda x, h0: theirs(x, h0)[0], _to(dtype, x, h0), [0, 1])
 
 
+def case_lstm(device, dtype=torch.float32):
+    x, h0, c0 = torch.randn(6, 3, 5, device=device), torch.randn(4, 3, 7, device=device), torch.randn(4, 3, 7, device=device)
+    theirs = torch.nn.LSTM(5, 7, num_layers=2, bidirectional=True).to(device)
+    ours = ops.LSTM(5, 7, num_layers=2, bidirectional=True).to(device, dtype)
+    ours.load_state_dict(theirs.state_dict())  # rounds the weights to dtype
+    theirs.load_state_dict(ours.state_dict())  # torch's float32 module gets the same rounded values
+
+    def outputs(module):
+        return lambda x, h0, c0: torch.cat([module(x, (h0, c0))[0].flatten(), *(s.flatten() for s in module(x, (h0, c0))[1])])
+
+    return Sample(outputs(ours), outputs(theirs), _to(dtype, x, h0, c0), [0, 1, 2])
+
+
+def case_gru(device, dtype=torch.float32):
+    x, h0 = torch.randn(3, 6, 5, device=device), torch.randn(2, 3, 7, device=device)  # batch-first
+    theirs = torch.nn.GRU(5, 7, bidirectional=True, batch_first=True).to(device)
+    ours = ops.GRU(5, 7, bidirectional=True, batch_first=True).to(device, dtype)
+    ours.load_state_dict(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    return Sample(lambda x, h0: ours(x, h0)[0], lambda x, h0: theirs(x, h0)[0], _to(dtype, x, h0), [0, 1])
+
+
+def case_gated_cells(device, dtype=torch.float32):
+    # One LSTM step and one GRU step from the same input and state, their outputs side by side.
+    x, h, c = torch.randn(3, 5, device=device), torch.randn(3, 7, device=device), torch.randn(3, 7, device=device)
+    lstm_weights = (torch.randn(28, 5, device=device) * 0.4, torch.randn(28, 7, device=device) * 0.4,
+                    torch.randn(28, device=device), torch.randn(28, device=device))
+    gru_weights = (torch.randn(21, 5, device=device) * 0.4, torch.randn(21, 7, device=device) * 0.4,
+                   torch.randn(21, device=device), torch.randn(21, device=device))
+
+    def both(lstm_cell, gru_cell):
+        def run(x, h, c, *weights):
+            return torch.cat([*lstm_cell(x, (h, c), *weights[:4]), gru_cell(x, h, *weights[4:])], dim=1)
+        return run
+
+    return Sample(both(ops.lstm_cell, ops.gru_cell), both(torch.lstm_cell, torch.gru_cell),
+                  _to(dtype, x, h, c, *lstm_weights, *gru_weights), list(range(11)))
+
+
 def case_rnn_cell(device, dtype=torch.float32):
     x, h = torch.randn(3, 5, device=device), torch.randn(3, 7, device=device)
     w_ih, w_hh = torch.randn(7, 5, device=device) * 0.4, torch.randn(7, 7, device=device) * 0.4

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from tritonprop.ops.reference.rnn import sequence
+
 
 def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """torch.gru_cell: input (B, I), hx (B, H). Returns h'."""
@@ -33,12 +35,31 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     return (1 - z) * n + z * hx
 
 
-def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
-    """One direction of one layer: x (T, B, I) -> (outputs (T, B, H), h_n)."""
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, lengths=None):
+    """One direction of one layer: x (T, B, I) -> (outputs (T, B, H), h_n).
+
+    With `lengths` (B,), steps t >= lengths[b] leave the state of sequence b as it is.
+    """
     T = x.shape[0]
     h = h0
     outputs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        h = gru_cell(x[t], h, w_ih, w_hh, b_ih, b_hh)
+        h_new = gru_cell(x[t], h, w_ih, w_hh, b_ih, b_hh)
+        if lengths is not None:
+            h_new = torch.where((t < lengths).unsqueeze(1), h_new, h)
+        h = h_new
         outputs[t] = h
     return torch.stack(outputs), h
+
+
+def gru(input, hx, weights, *, num_layers=1, bias=True, batch_first=False, dropout=0.0, training=True,
+        bidirectional=False):
+    """torch.nn.GRU's forward as a Python loop: returns (output, h_n)."""
+    def layer(x, states, w_ih, w_hh, b_ih, b_hh, reverse, lengths):
+        out, h = gru_layer(x, states[0], w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+        return out, (h,)
+
+    output, (h_n,) = sequence(layer, input, (hx,) if hx is not None else None, weights, num_layers=num_layers,
+                              bias=bias, batch_first=batch_first, dropout=dropout, training=training,
+                              bidirectional=bidirectional)
+    return output, h_n

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from tritonprop.ops.reference.rnn import sequence
+
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """torch.lstm_cell: input (B, I), hx = (h, c) each (B, H). Returns (h', c')."""
@@ -30,12 +32,30 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     return o * torch.tanh(c_new), c_new
 
 
-def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False):
-    """One direction of one layer: x (T, B, I) -> (outputs (T, B, H), (h_n, c_n))."""
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, reverse=False, lengths=None):
+    """One direction of one layer: x (T, B, I) -> (outputs (T, B, H), (h_n, c_n)).
+
+    With `lengths` (B,), steps t >= lengths[b] leave both states of sequence b as they are.
+    """
     T = x.shape[0]
     h, c = h0, c0
     outputs = [None] * T
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        h, c = lstm_cell(x[t], (h, c), w_ih, w_hh, b_ih, b_hh)
+        h_new, c_new = lstm_cell(x[t], (h, c), w_ih, w_hh, b_ih, b_hh)
+        if lengths is not None:
+            valid = (t < lengths).unsqueeze(1)
+            h_new, c_new = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+        h, c = h_new, c_new
         outputs[t] = h
     return torch.stack(outputs), (h, c)
+
+
+def lstm(input, hx, weights, *, num_layers=1, bias=True, batch_first=False, dropout=0.0, training=True,
+         bidirectional=False):
+    """torch.nn.LSTM's forward as a Python loop: hx = (h0, c0) or None; returns (output, (h_n, c_n))."""
+    def layer(x, states, w_ih, w_hh, b_ih, b_hh, reverse, lengths):
+        return lstm_layer(x, *states, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths)
+
+    return sequence(layer, input, tuple(hx) if hx is not None else None, weights, num_layers=num_layers, bias=bias,
+                    batch_first=batch_first, dropout=dropout, training=training, bidirectional=bidirectional,
+                    state_count=2)

@@ -62,55 +62,74 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse=False, length
     return torch.stack(outputs), h
 
 
-def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, batch_first=False, dropout=0.0,
-        training=True, bidirectional=False):
-    """torch.nn.RNN's forward as a Python loop over layers, directions and time steps."""
+def sequence(layer, input, states, weights, *, num_layers, bias, batch_first, dropout, training, bidirectional,
+             state_count=1):
+    """torch's multi-layer recurrent forward as a Python loop over layers and directions, for any cell.
+
+    `layer(x, states, w_ih, w_hh, b_ih, b_hh, reverse, lengths)` runs one direction of one layer
+    and returns (outputs (T, B, H), final states); `states` is a tuple of (num_layers * D, B, H)
+    tensors (h, and c for the LSTM), or None for `state_count` zero states. Returns (output, the tuple of final states)
+    in torch's layout: packed, batch-first or unbatched as the input was.
+    """
     packed = isinstance(input, PackedSequence)
     data = input.data if packed else input
     compute = _compute_dtype(data.dtype)
     D = 2 if bidirectional else 1
-    H = weights[1].shape[0]
+    H = weights[1].shape[1]
     lengths = None
     unbatched = False
     if packed:
         x, lengths = pad_packed_sequence(PackedSequence(data, input.batch_sizes))
-        if hx is not None and input.sorted_indices is not None:
-            hx = hx.index_select(1, input.sorted_indices)
+        if states is not None and input.sorted_indices is not None:
+            states = tuple(s.index_select(1, input.sorted_indices) for s in states)
     else:
         unbatched = data.dim() == 2
         x = data.unsqueeze(1) if unbatched else (data.transpose(0, 1) if batch_first else data)
-        if hx is not None and unbatched:
-            hx = hx.unsqueeze(1)
-    if hx is None:
-        hx = x.new_zeros((num_layers * D, x.shape[1], H))
+        if states is not None and unbatched:
+            states = tuple(s.unsqueeze(1) for s in states)
+    if states is None:
+        states = tuple(x.new_zeros((num_layers * D, x.shape[1], H)) for _ in range(state_count))
     x = x.to(compute)
-    hx = hx.to(compute)
+    states = tuple(s.to(compute) for s in states)
     weights = [w.to(compute) for w in weights]
     step_lengths = None if lengths is None else lengths.to(x.device)
 
     per_direction = 4 if bias else 2
-    h_n = []
-    for layer in range(num_layers):
-        if layer > 0:
+    finals = []
+    for layer_index in range(num_layers):
+        if layer_index > 0:
             x = reference_dropout(x, dropout, training, False)
         outputs = []
         for d in range(D):
-            first = (layer * D + d) * per_direction
+            first = (layer_index * D + d) * per_direction
             w_ih, w_hh, *biases = weights[first:first + per_direction]
             b_ih, b_hh = biases if bias else (None, None)
-            out, h_last = rnn_layer(x, hx[layer * D + d], w_ih, w_hh, b_ih, b_hh, nonlinearity,
-                                    reverse=d == 1, lengths=step_lengths)
+            out, last = layer(x, tuple(s[layer_index * D + d] for s in states), w_ih, w_hh, b_ih, b_hh,
+                              d == 1, step_lengths)
             outputs.append(out)
-            h_n.append(h_last)
+            finals.append(last)
         x = torch.cat(outputs, dim=2)
     x = x.to(data.dtype)
-    h_n = torch.stack(h_n).to(data.dtype)
+    finals = tuple(torch.stack([f[k] for f in finals]).to(data.dtype) for k in range(len(states)))
 
     if packed:
         out = pack_padded_sequence(x, lengths).data
         if input.unsorted_indices is not None:
-            h_n = h_n.index_select(1, input.unsorted_indices)
-        return PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), h_n
+            finals = tuple(f.index_select(1, input.unsorted_indices) for f in finals)
+        return PackedSequence(out, input.batch_sizes, input.sorted_indices, input.unsorted_indices), finals
     if unbatched:
-        return x.squeeze(1), h_n.squeeze(1)
-    return (x.transpose(0, 1) if batch_first else x), h_n
+        return x.squeeze(1), tuple(f.squeeze(1) for f in finals)
+    return (x.transpose(0, 1) if batch_first else x), finals
+
+
+def rnn(input, hx, weights, *, nonlinearity="tanh", num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        training=True, bidirectional=False):
+    """torch.nn.RNN's forward as a Python loop over layers, directions and time steps."""
+    def layer(x, states, w_ih, w_hh, b_ih, b_hh, reverse, lengths):
+        out, h = rnn_layer(x, states[0], w_ih, w_hh, b_ih, b_hh, nonlinearity, reverse=reverse, lengths=lengths)
+        return out, (h,)
+
+    output, (h_n,) = sequence(layer, input, (hx,) if hx is not None else None, weights, num_layers=num_layers,
+                              bias=bias, batch_first=batch_first, dropout=dropout, training=training,
+                              bidirectional=bidirectional)
+    return output, h_n
