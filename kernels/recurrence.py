@@ -94,6 +94,9 @@ MIN_BLOCK, MAX_BLOCK_B = 16, 64
 # an H200's 132 SMs; more splits add partial sums to every unit's update).
 TARGET_PROGRAMS = 32
 NUM_WARPS = 4
+# CTAs per SM of the persistent kernels at their widest tiles (64 x 128, 16-bit) on sm_90, as the
+# static report reads them (about 110 registers at 4 warps): what a capture assumes.
+CAPTURED_CTAS_PER_SM = 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -632,17 +635,21 @@ def plan(cell: int, dtype: torch.dtype, H: int, B: int, backward: bool, target_p
          max_block_k: int | None = None) -> Plan:
     """The tiling of one direction: forward, W_hh has M = G*H rows and K = H columns; backward,
     W_hh^T has M = H and K = G*H. K is split in slices of at most `max_block_k` (the on-chip
-    budget by dtype), then halved (down to 16) until the grid has `target_programs`
+    budget by dtype), then halved (down to 16), then the batch tile halved (down to 16), until
+    the grid has `target_programs`
     (TARGET_PROGRAMS unless given)."""
     target_programs = target_programs or TARGET_PROGRAMS
     G = GATES[cell]
     M, K = (H, G * H) if backward else (G * H, H)
     block_b = min(MAX_BLOCK_B, max(MIN_BLOCK, _next_pow2(B)))
-    b_tiles = cdiv(B, block_b)
     m_tiles = cdiv(M, BLOCK_M)
     block_k = min(max_block_k or MAX_BLOCK_K[dtype], max(MIN_BLOCK, _next_pow2(K)))
-    while block_k > MIN_BLOCK and m_tiles * cdiv(K, block_k) * b_tiles < target_programs:
+    while block_k > MIN_BLOCK and m_tiles * cdiv(K, block_k) * cdiv(B, block_b) < target_programs:
         block_k //= 2
+    # Then narrower batch tiles, which reread the weight slice per tile but add no partial sums.
+    while block_b > MIN_BLOCK and m_tiles * cdiv(K, block_k) * cdiv(B, block_b) < target_programs:
+        block_b //= 2
+    b_tiles = cdiv(B, block_b)
     splits = cdiv(K, block_k)
     block_u = _next_pow2(cdiv(H, m_tiles * splits))
     return Plan(M, K, m_tiles, splits, b_tiles, cdiv(H, block_u), BLOCK_M, block_k, block_b, block_u)
@@ -681,8 +688,9 @@ def describe() -> dict:
 def _persistent_fits(kernel, grid_programs, args, kwargs, device) -> tuple[bool, str]:
     """Whether every program of the persistent launch can be resident at once, and why."""
     if capturing():
-        # The static report compiles the launch for sm_90; it reads the occupancy itself.
-        fits = grid_programs <= streaming_multiprocessors(device)
+        # The static report compiles the launch for sm_90 and checks that the grid is co-resident
+        # at the occupancy it reads; here, with nothing compiled, the widest tiles' is assumed.
+        fits = grid_programs <= CAPTURED_CTAS_PER_SM * streaming_multiprocessors(device)
         return fits, f"{grid_programs} programs, captured for {streaming_multiprocessors(device)} SMs"
     if backend.interpreting() or device.type != "cuda":
         return False, "the interpreter runs programs one after another: a grid barrier would never open"
