@@ -103,6 +103,11 @@ def capturing() -> bool:
     return _CAPTURE.get() is not None
 
 
+def allocating_only() -> bool:
+    """Whether launches are being skipped by `allocations_only` (the tensors may be fake)."""
+    return _ALLOCATIONS_ONLY.get() is not None
+
+
 @contextlib.contextmanager
 def allocations_only():
     """Run launch functions for their allocations alone: the fake (meta) implementation of every

@@ -71,7 +71,7 @@ import triton.language as tl
 from tritonprop import backend
 from tritonprop.kernels import linear
 from tritonprop.kernels._common import (_allow_tf32, _next_pow2, accumulator_dtype, accumulator_torch_dtype, cdiv,
-                                        capturing, ctas_per_sm, dot_accumulate, dot_options, launch,
+                                        allocating_only, capturing, ctas_per_sm, dot_accumulate, dot_options, launch,
                                         streaming_multiprocessors)
 from tritonprop.kernels.activations import relu, tanh
 
@@ -706,6 +706,11 @@ def _persistent_fits(kernel, grid_programs, args, kwargs, device) -> tuple[bool,
 
 
 def _choose_path(path, kernel, p: Plan, args, kwargs, device) -> tuple[str, str]:
+    if allocating_only() and path is None:
+        # Fake tensors (torch.compile's tracing, opcheck): nothing runs, so nothing is compiled to
+        # ask; on a GPU the persistent kernel is the launch that would most likely follow.
+        compiled = device.type == "cuda" and not backend.interpreting()
+        return (PERSISTENT if compiled else PER_STEP), "allocations only: no kernel runs"
     if path == PERSISTENT:
         if (backend.interpreting() or device.type != "cuda") and p.programs != 1 and not capturing():
             raise ValueError(f"recurrence: the persistent kernel needs all {p.programs} programs resident at "
@@ -732,12 +737,14 @@ def _cooperative(device: torch.device) -> dict:
 def _ran_persistent(kernel, args, step_options, p: Plan, cell, x, H, backward, path) -> bool:
     """Launch the persistent `kernel` for all T steps, if that is the path for this grid (see
     `_choose_path`), and say whether it ran; if not, the caller launches the steps one by one."""
-    options = dict(step_options, BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, **_launch_options(x), num_warps=NUM_WARPS)
+    options = dict(step_options, BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, **_launch_options(x), num_warps=NUM_WARPS,
+                   **_cooperative(x.device))
     chosen, why = _choose_path(path, kernel, p, args, options, x.device)
-    _record(cell, x, H, backward, chosen, why)
+    if not allocating_only():
+        _record(cell, x, H, backward, chosen, why)
     if chosen != PERSISTENT:
         return False
-    launch(kernel, (p.programs,))(*args, **options, **_cooperative(x.device))
+    launch(kernel, (p.programs,))(*args, **options)
     return True
 
 
