@@ -299,7 +299,7 @@ def recurrence_kernels(full=True):
                 # (T, B, H) of the BENCHMARKS.md RNN rows that set targets: wide and narrow batches.
                 for batch, hidden in ((64, 512), (8, 256)) if full else ((8, 256),):
                     for backward in (False, True):
-                        p = K.plan(cell, torch_dtype, hidden, batch, backward)
+                        p = K.plan(cell, torch_dtype, hidden, batch, backward, target_programs=K.TARGET_PROGRAMS)
                         tiles = dict(BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, BLOCK_B=p.BLOCK_B)
                         yield K.recurrence_product_kernel, pointer, dict(dot, **tiles)
                         for reverse, lengths in ((False, False), (True, True)) if full else ((True, True),):

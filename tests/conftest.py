@@ -74,3 +74,16 @@ def strict_float32():
     torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Split the recurrence's K dimension in slices of 16 on small H (H = 17, 20 or 37 takes
+    ragged slices, summed by every unit's update), over a grid of several programs, as a GPU's
+    plan splits the benchmark shapes (the interpreter's own plan aims at one program)."""
+    from tritonprop.kernels import recurrence
+
+    for dtype in recurrence.MAX_BLOCK_K:
+        monkeypatch.setitem(recurrence.MAX_BLOCK_K, dtype, 16)
+    monkeypatch.setattr(recurrence, "TARGET_PROGRAMS", 8)
+    monkeypatch.setattr(recurrence, "INTERPRETED_TARGET_PROGRAMS", 8)

@@ -99,15 +99,6 @@ def _cell_tensors(device, B=2, I=3, H=4, bias=True, dtype=torch.float32):
     return x, h, w_ih, w_hh, b_ih, b_hh
 
 
-@pytest.fixture
-def split(monkeypatch):
-    """Split the recurrence's K dimension in slices of 16 on small H (H = 17 or 20 takes two
-    ragged slices, summed by every unit's update), over a grid of several programs."""
-    for dtype in recurrence.MAX_BLOCK_K:
-        monkeypatch.setitem(recurrence.MAX_BLOCK_K, dtype, 16)
-    monkeypatch.setattr(recurrence, "TARGET_PROGRAMS", 8)
-
-
 # ------------------------------------------------------------------------------------------------
 # gradcheck (float64): the cell, the sequence over the constructor grid, the split recurrence
 # ------------------------------------------------------------------------------------------------
