@@ -23,12 +23,14 @@ OP_CELL = "lstm_cell"
 GATES = recurrence.GATES[recurrence.LSTM]
 
 
-def _states(op, hx):
-    """(h, c) from hx, which torch's LSTMs take as a pair or None."""
+def _states(op, hx, error):
+    """(h, c) from hx, which torch's LSTMs take as a pair or None; otherwise `error`, the type
+    torch raises there (nn.LSTM fails indexing the states, torch.lstm_cell's argument parser
+    with TypeError)."""
     if hx is None:
         return None, None
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-        raise RuntimeError(f"{op}: hx must be a tuple of two tensors (h, c), got {type(hx).__name__}"
+        raise error(f"{op}: hx must be a tuple of two tensors (h, c), got {type(hx).__name__}"
                            + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
     return hx[0], hx[1]
 
@@ -36,7 +38,7 @@ def _states(op, hx):
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
     """One LSTM step, as torch.lstm_cell (and torch.nn.LSTMCell's forward). input (B, I) or (I,);
     hx = (h, c) of the matching shape, or None for zeros. Returns (h', c')."""
-    h, c = _states(OP_CELL, hx)
+    h, c = _states(OP_CELL, hx, TypeError)
     validate_cell(OP_CELL, input, [("hx[0]", h), ("hx[1]", c)], w_ih, w_hh, b_ih, b_hh, gates=GATES)
     b_ih, b_hh = both_biases(b_ih, b_hh)
 
@@ -55,7 +57,7 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
 def lstm(input, hx, weights, *, num_layers=1, bias=True, batch_first=False, dropout=0.0, training=True,
          bidirectional=False):
     """The whole LSTM, as torch.nn.LSTM's forward; see the module docstring."""
-    h0, c0 = _states(OP, hx)
+    h0, c0 = _states(OP, hx, RuntimeError)
     output, (h_n, c_n) = recurrent_sequence(OP, "lstm", input, [("hx", h0), ("cx", c0)], weights,
                                             num_layers=num_layers, bias=bias, batch_first=batch_first,
                                             dropout=dropout, training=training, bidirectional=bidirectional)

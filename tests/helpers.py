@@ -10,6 +10,8 @@ Failures print the max abs error, where it is, and both values there.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 # Chosen per dtype once, from the precision of the dtype itself (about two ulps for fp16/bf16);
@@ -210,3 +212,37 @@ def seeded(fn, seed=7):
         torch.manual_seed(seed)
         return fn(*args, **kwargs)
     return call
+
+
+@dataclass(frozen=True)
+class RecurrentCase:
+    """One sequence case of a recurrent layer test: sizes and torch.nn.RNN / LSTM / GRU options."""
+    name: str
+    T: int = 3
+    B: int = 2
+    I: int = 3
+    H: int = 4
+    options: dict = field(default_factory=dict)
+
+    @property
+    def D(self):
+        return 2 if self.options.get("bidirectional") else 1
+
+    @property
+    def layers(self):
+        return self.options.get("num_layers", 1)
+
+    @property
+    def kwargs(self):
+        return {k: v for k, v in self.options.items() if k != "dropout"}
+
+    def tensors(self, module_class, device, dtype=torch.float32, states=1):
+        """input (batch-first when asked), `states` initial states (h0; h0 and c0 for the LSTM),
+        and the flat weights of a `module_class` (torch.nn.RNN, LSTM or GRU) of these options."""
+        module = module_class(self.I, self.H, **self.options).to(device, dtype)
+        weights = [w.detach().clone().requires_grad_() for w in module._flat_weights]
+        shape = (self.B, self.T, self.I) if self.options.get("batch_first") else (self.T, self.B, self.I)
+        x = torch.randn(shape, device=device).to(dtype).requires_grad_()
+        hx = [(torch.randn(self.layers * self.D, self.B, self.H, device=device) * 0.5).to(dtype).requires_grad_()
+              for _ in range(states)]
+        return x, hx, weights

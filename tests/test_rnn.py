@@ -2,14 +2,13 @@
 packed sequences, the split recurrence, a long sequence, clipping, dropout, errors."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence
 
-from helpers import assert_close, assert_gradcheck, assert_matches
+from helpers import RecurrentCase, assert_close, assert_gradcheck, assert_matches
 from tritonprop import backend
 from tritonprop.kernels import recurrence
 from tritonprop.kernels import rnn as K
@@ -22,43 +21,12 @@ from tritonprop.ops.rnn import RNN, RNNCell, rnn, rnn_cell
 pytestmark = pytest.mark.usefixtures("strict_float32")
 
 
-@dataclass(frozen=True)
-class Seq:
-    name: str
-    T: int = 3
-    B: int = 2
-    I: int = 3
-    H: int = 4
-    options: dict = field(default_factory=dict)
-
-    @property
-    def D(self):
-        return 2 if self.options.get("bidirectional") else 1
-
-    @property
-    def layers(self):
-        return self.options.get("num_layers", 1)
-
-    def tensors(self, device, dtype=torch.float32):
-        """input (batch-first when asked), hx, and the flat weights of a torch.nn.RNN of these options."""
-        module = torch.nn.RNN(self.I, self.H, **self.options).to(device, dtype)
-        weights = [w.detach().clone().requires_grad_() for w in module._flat_weights]
-        shape = (self.B, self.T, self.I) if self.options.get("batch_first") else (self.T, self.B, self.I)
-        x = torch.randn(shape, device=device).to(dtype).requires_grad_()
-        hx = (torch.randn(self.layers * self.D, self.B, self.H, device=device) * 0.5).to(dtype).requires_grad_()
-        return x, hx, weights
-
-    @property
-    def kwargs(self):
-        return {k: v for k, v in self.options.items() if k != "dropout"}
-
-
 SEQS = [
-    Seq("tanh"),
-    Seq("relu", options=dict(nonlinearity="relu")),
-    Seq("no_bias", T=4, B=1, I=2, H=5, options=dict(bias=False)),
-    Seq("bidirectional", T=2, B=1, I=2, H=2, options=dict(bidirectional=True)),
-    Seq("all_combined", T=2, B=1, I=2, H=2,
+    RecurrentCase("tanh"),
+    RecurrentCase("relu", options=dict(nonlinearity="relu")),
+    RecurrentCase("no_bias", T=4, B=1, I=2, H=5, options=dict(bias=False)),
+    RecurrentCase("bidirectional", T=2, B=1, I=2, H=2, options=dict(bidirectional=True)),
+    RecurrentCase("all_combined", T=2, B=1, I=2, H=2,
         options=dict(num_layers=2, nonlinearity="relu", batch_first=True, bidirectional=True)),
 ]
 IDS = [s.name for s in SEQS]
@@ -117,13 +85,13 @@ def test_gradcheck_cell_full_jacobian_unbatched(device):
 
 @pytest.mark.parametrize("seq", SEQS[:4], ids=IDS[:4])
 def test_gradcheck_sequence_x_h0_and_every_weight(device, seq):
-    x, hx, weights = seq.tensors(device)
+    x, (hx,), weights = seq.tensors(torch.nn.RNN, device)
     assert_gradcheck(_sequence_fn(**seq.kwargs), x, hx, *weights, fast_mode=True)
 
 
 def test_gradcheck_sequence_full_jacobian_small(device):
-    seq = Seq("tiny", T=2, B=1, I=1, H=2)
-    x, hx, weights = seq.tensors(device)
+    seq = RecurrentCase("tiny", T=2, B=1, I=1, H=2)
+    x, (hx,), weights = seq.tensors(torch.nn.RNN, device)
     assert_gradcheck(_sequence_fn(**seq.kwargs), x, hx, *weights)
 
 
@@ -131,13 +99,13 @@ def test_gradcheck_sequence_full_jacobian_small(device):
 @pytest.mark.parametrize("seq", SEQS, ids=IDS)
 def test_gradcheck_sequence_full_jacobian_grid(device, seq):
     # The whole grid, all_combined (two bidirectional layers, batch-first, relu) included.
-    x, hx, weights = seq.tensors(device)
+    x, (hx,), weights = seq.tensors(torch.nn.RNN, device)
     assert_gradcheck(_sequence_fn(**seq.kwargs), x, hx, *weights)
 
 
 def test_gradcheck_split_recurrence(device, split):
-    seq = Seq("split", T=2, B=1, I=2, H=17)
-    x, hx, weights = seq.tensors(device)
+    seq = RecurrentCase("split", T=2, B=1, I=2, H=17)
+    x, (hx,), weights = seq.tensors(torch.nn.RNN, device)
     assert_gradcheck(_sequence_fn(**seq.kwargs), x, hx, *weights, fast_mode=True)
 
 
@@ -177,8 +145,8 @@ def test_module_matches_torch_through_state_dict(device, options):
     if options.get("dropout"):
         ours.eval()
         theirs.eval()
-    seq = Seq("module", T=4, B=3, I=3, H=5, options=options)
-    x, hx, _ = seq.tensors(device)
+    seq = RecurrentCase("module", T=4, B=3, I=3, H=5, options=options)
+    x, (hx,), _ = seq.tensors(torch.nn.RNN, device)
     out, h_n, grads = _run_module(ours, x, hx)
     e_out, e_h_n, e_grads = _run_module(theirs, x, hx)
     assert_close(out, e_out, name="output")
@@ -190,7 +158,7 @@ def test_module_matches_torch_through_state_dict(device, options):
 
 @pytest.mark.parametrize("seq", [SEQS[0], SEQS[3], SEQS[4]], ids=lambda s: s.name)
 def test_functional_matches_reference_and_torch_fp32(device, seq):
-    x, hx, weights = seq.tensors(device)
+    x, (hx,), weights = seq.tensors(torch.nn.RNN, device)
     oracles = {"reference": _reference_fn(**seq.kwargs), "torch": _torch_fn(**seq.kwargs)}
     assert_matches(_sequence_fn(**seq.kwargs), oracles, x, hx, *weights)
 
@@ -225,9 +193,9 @@ def test_low_precision_follows_the_mixed_precision_contract(device, dtype):
     # (torch's own fp16/bf16 RNN does the same); the oracle here rounds where the kernels round.
     # Halved inputs keep tanh away from saturation, where act' = 1 - h^2 turns a one-ulp
     # difference in h (two fp32 tanh implementations) into a large relative one.
-    seq = Seq("low", T=4, B=2, I=3, H=5)
-    x, hx, weights = [t.detach() * 0.5 if isinstance(t, torch.Tensor) else [w.detach() * 0.5 for w in t]
-                      for t in seq.tensors(device, dtype)]
+    seq = RecurrentCase("low", T=4, B=2, I=3, H=5)
+    x, (hx,), weights = [t.detach() * 0.5 if isinstance(t, torch.Tensor) else [w.detach() * 0.5 for w in t]
+                      for t in seq.tensors(torch.nn.RNN, device, dtype)]
     dy = torch.randn(4, 2, 5, device=device).to(dtype)
     dh_n = torch.randn(1, 2, 5, device=device).to(dtype)
     leaves = [t.detach().requires_grad_() for t in (x, hx, *weights)]
@@ -331,8 +299,8 @@ def test_packed_sequence_matches_torch(device, options):
 
 
 def test_long_sequence_stays_finite_and_matches_reference(device):
-    seq = Seq("long", T=200, B=1, I=2, H=3)
-    x, hx, weights = seq.tensors(device)
+    seq = RecurrentCase("long", T=200, B=1, I=2, H=3)
+    x, (hx,), weights = seq.tensors(torch.nn.RNN, device)
     out = assert_matches(_sequence_fn(), {"reference": _reference_fn()}, x, hx, *weights)
     assert torch.isfinite(out).all()
 
