@@ -94,8 +94,10 @@ MIN_BLOCK, MAX_BLOCK_B = 16, 64
 # an H200's 132 SMs; more splits add partial sums to every unit's update).
 TARGET_PROGRAMS = 32
 # Under the interpreter the programs of a grid run one after another, each a pass of a Python
-# loop: splitting adds passes and partial sums and buys nothing, so the plan aims at one program.
+# loop: splitting adds passes and partial sums and buys nothing, so the plan aims at one program,
+# and a batch tile may be as wide as numpy likes (there are no registers to run out of).
 INTERPRETED_TARGET_PROGRAMS = 1
+INTERPRETED_MAX_BLOCK_B = 512
 NUM_WARPS = 4
 # CTAs per SM of the persistent kernels at their widest tiles (64 x 128, 16-bit) on sm_90, as the
 # static report reads them (about 110 registers at 4 warps): what a capture assumes.
@@ -640,13 +642,14 @@ def plan(cell: int, dtype: torch.dtype, H: int, B: int, backward: bool, target_p
     W_hh^T has M = H and K = G*H. K is split in slices of at most `max_block_k` (the on-chip
     budget by dtype), then halved (down to 16), then the batch tile halved (down to 16), until
     the grid has `target_programs` (unless given: TARGET_PROGRAMS, or INTERPRETED_TARGET_PROGRAMS
-    when kernels run interpreted rather than captured for the sm_90 report)."""
+    when kernels run interpreted rather than captured for the sm_90 report, whose batch tiles
+    may also be wider)."""
+    interpreted = backend.interpreting() and not capturing()
     if target_programs is None:
-        interpreted = backend.interpreting() and not capturing()
         target_programs = INTERPRETED_TARGET_PROGRAMS if interpreted else TARGET_PROGRAMS
     G = GATES[cell]
     M, K = (H, G * H) if backward else (G * H, H)
-    block_b = min(MAX_BLOCK_B, max(MIN_BLOCK, _next_pow2(B)))
+    block_b = min(INTERPRETED_MAX_BLOCK_B if interpreted else MAX_BLOCK_B, max(MIN_BLOCK, _next_pow2(B)))
     m_tiles = cdiv(M, BLOCK_M)
     block_k = min(max_block_k or MAX_BLOCK_K[dtype], max(MIN_BLOCK, _next_pow2(K)))
     while block_k > MIN_BLOCK and m_tiles * cdiv(K, block_k) * cdiv(B, block_b) < target_programs:
