@@ -10,6 +10,10 @@ embedding is concatenated to the character embedding, so the RNN cannot forget i
 
     embeddings (torch) -> layers.RNN -> layers.Linear over the next character
 
+`--cell lstm` or `--cell gru` takes `layers.LSTM` or `layers.GRU` instead (default rnn). The
+recurrent state is kept opaque: a tensor h for RNN and GRU, the pair (h, c) for LSTM; sampling
+passes back whatever the layer returned.
+
 Padding is index 0 and `layers.CrossEntropyLoss(ignore_index=0)` skips it, so no packing is needed.
 Sampling is 1:many: feed <b>, draw a character from the softmax, feed it back, until <b>.
 
@@ -25,10 +29,10 @@ import torch
 
 from tritonprop import ops
 from tritonprop.models import data_names
-from tritonprop.models.names import check_same_vocabulary
+from tritonprop.models.names import add_cell_argument, check_same_cell, check_same_vocabulary, recurrent_layer
 from tritonprop.models.task import Task
 
-DEFAULTS = dict(embed=32, language_embed=16, hidden=128, num_layers=1, samples_per_language=3)
+DEFAULTS = dict(embed=32, language_embed=16, hidden=128, num_layers=1, samples_per_language=3, cell="rnn")
 EVAL_BATCH = 512
 MAX_NAME_LENGTH = 24
 # The sampling stream is seeded on its own, so that samples do not depend on how long training ran.
@@ -36,26 +40,32 @@ SAMPLE_SEED = 0
 
 
 class NameGenerator(torch.nn.Module):
-    def __init__(self, languages, alphabet, layers, embed, language_embed, hidden, num_layers):
+    def __init__(self, languages, alphabet, layers, embed, language_embed, hidden, num_layers, cell="rnn"):
         super().__init__()
         self.languages = list(languages)
         self.alphabet = list(alphabet)
+        self.cell = cell
         self.boundary = len(alphabet)   # one index past the alphabet (whose index 0 is padding)
         self.char_embedding = torch.nn.Embedding(len(alphabet) + 1, embed, padding_idx=0)
         self.language_embedding = torch.nn.Embedding(len(languages), language_embed)
-        self.rnn = layers.RNN(embed + language_embed, hidden, num_layers=num_layers, batch_first=True)
+        self.rnn = recurrent_layer(layers, cell)(embed + language_embed, hidden, num_layers=num_layers,
+                                                 batch_first=True)
         self.head = layers.Linear(hidden, len(alphabet) + 1)
 
-    def forward(self, chars: torch.Tensor, language: torch.Tensor, h0: torch.Tensor | None = None):
-        """(logits [B, T, vocab], h_n) for input characters [B, T] of languages [B]."""
+    def forward(self, chars: torch.Tensor, language: torch.Tensor, state=None):
+        """(logits [B, T, vocab], state) for input characters [B, T] of languages [B].
+
+        `state` is the recurrent layer's own: h_n for RNN and GRU, (h_n, c_n) for LSTM; None for zeros.
+        Pass back what a call returned to continue the sequence."""
         language = self.language_embedding(language)[:, None, :].expand(-1, chars.shape[1], -1)
-        output, h_n = self.rnn(torch.cat([self.char_embedding(chars), language], dim=-1), h0)
-        return self.head(output), h_n
+        output, state = self.rnn(torch.cat([self.char_embedding(chars), language], dim=-1), state)
+        return self.head(output), state
 
     def get_extra_state(self):
-        return {"languages": self.languages, "alphabet": self.alphabet}
+        return {"languages": self.languages, "alphabet": self.alphabet, "cell": self.cell}
 
     def set_extra_state(self, state):
+        check_same_cell(state, self.cell)
         check_same_vocabulary("languages", state["languages"], self.languages)
         check_same_vocabulary("alphabet", state["alphabet"], self.alphabet)
 
@@ -72,6 +82,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--num-layers", type=int, default=DEFAULTS["num_layers"], help="stacked RNN layers")
     parser.add_argument("--samples-per-language", type=int, default=DEFAULTS["samples_per_language"],
                         help="names sampled for each language after training")
+    add_cell_argument(parser)
 
 
 def load_data(data_path: Path | None, seed: int, args) -> data_names.NamesData:
@@ -80,7 +91,8 @@ def load_data(data_path: Path | None, seed: int, args) -> data_names.NamesData:
 
 def build_model(data: data_names.NamesData, layers, args) -> NameGenerator:
     model = NameGenerator(data.languages, data.alphabet, layers, option(args, "embed"),
-                          option(args, "language_embed"), option(args, "hidden"), option(args, "num_layers"))
+                          option(args, "language_embed"), option(args, "hidden"), option(args, "num_layers"),
+                          option(args, "cell"))
     model.samples_per_language = option(args, "samples_per_language")
     return model
 
@@ -146,9 +158,9 @@ def sample(model: NameGenerator, language: int, generator: torch.Generator, devi
     model.eval()
     token = torch.tensor([[model.boundary]], device=device)
     language_index = torch.tensor([language], device=device)
-    h, chars = None, []
+    state, chars = None, []  # the layer's own state: h, or (h, c) for an LSTM
     for _ in range(MAX_NAME_LENGTH):
-        logits, h = model(token, language_index, h)
+        logits, state = model(token, language_index, state)
         probabilities = torch.softmax(logits[0, -1].float(), dim=-1).cpu()
         probabilities[0] = 0  # padding is not a character
         index = int(torch.multinomial(probabilities, 1, generator=generator))
@@ -187,7 +199,8 @@ def predict(model: torch.nn.Module, data: data_names.NamesData, text: str, devic
 
 TASK = Task(
     name="namegen",
-    description="char RNN conditioned on language that samples new surnames (Faker's lists, or --data DIR)",
+    description="char RNN (or --cell lstm/gru) conditioned on language that samples new surnames (Faker's lists, "
+                "or --data DIR)",
     load_data=load_data,
     build_model=build_model,
     batches=batches,

@@ -2,6 +2,9 @@
 
     embedding (torch)  ->  layers.RNN over the padded batch  ->  layers.Linear on each name's last state
 
+`--cell lstm` or `--cell gru` takes `layers.LSTM` or `layers.GRU` instead of `layers.RNN` (default
+rnn); the head reads the output sequence, which all three return alike.
+
 Names have different lengths, so a batch is padded at the end. The RNN reads left to right, so
 its output at a name's last character is the state after that name alone, whatever padding
 follows; the head reads it there (a gather by length). That is the `h_n` that packing the batch
@@ -10,11 +13,13 @@ torch.nn.utils.rnn's packing functions. The loss is `layers.CrossEntropyLoss`.
 
     tritonprop train names                      # Faker's surnames, 19 languages
     tritonprop train names --data DIR           # DIR/<Language>.txt, one name per line
+    tritonprop train names --cell lstm          # or gru; rnn is the default
     tritonprop predict names "Dostoevsky"       # top-3 languages with probabilities
 
-The model records its languages and alphabet in its state_dict (`get_extra_state`), so a checkpoint
-loaded against data with other classes fails with the class that differs rather than with a
-shape mismatch, or worse, silently with the labels of another class list.
+The model records its languages, alphabet and cell in its state_dict (`get_extra_state`), so a
+checkpoint loaded against data with other classes fails with the class that differs rather than with
+a shape mismatch, or worse, silently with the labels of another class list; one of another cell
+fails with both cells named.
 """
 from __future__ import annotations
 
@@ -25,18 +30,28 @@ import torch
 from tritonprop.models import data_names
 from tritonprop.models.task import Task
 
-DEFAULTS = dict(embed=32, hidden=128, num_layers=1)
+DEFAULTS = dict(embed=32, hidden=128, num_layers=1, cell="rnn")
+# --cell: the name of the recurrent layer in `layers` (tritonprop.ops or torch.nn).
+CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
 EVAL_BATCH = 512
 TOP_K = 3
 
 
+def recurrent_layer(layers, cell: str):
+    """layers.RNN, layers.LSTM or layers.GRU for --cell rnn, lstm or gru."""
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
+    return getattr(layers, CELLS[cell])
+
+
 class NameClassifier(torch.nn.Module):
-    def __init__(self, languages, alphabet, layers, embed, hidden, num_layers):
+    def __init__(self, languages, alphabet, layers, embed, hidden, num_layers, cell="rnn"):
         super().__init__()
         self.languages = list(languages)
         self.alphabet = list(alphabet)
+        self.cell = cell
         self.embedding = torch.nn.Embedding(len(alphabet), embed, padding_idx=0)
-        self.rnn = layers.RNN(embed, hidden, num_layers=num_layers, batch_first=True)
+        self.rnn = recurrent_layer(layers, cell)(embed, hidden, num_layers=num_layers, batch_first=True)
         self.head = layers.Linear(hidden, len(languages))
 
     def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -47,11 +62,19 @@ class NameClassifier(torch.nn.Module):
         return self.head(output.gather(1, last).squeeze(1))
 
     def get_extra_state(self):
-        return {"languages": self.languages, "alphabet": self.alphabet}
+        return {"languages": self.languages, "alphabet": self.alphabet, "cell": self.cell}
 
     def set_extra_state(self, state):
+        check_same_cell(state, self.cell)
         check_same_vocabulary("languages", state["languages"], self.languages)
         check_same_vocabulary("alphabet", state["alphabet"], self.alphabet)
+
+
+def check_same_cell(state: dict, cell: str) -> None:
+    """A checkpoint of one cell does not load into another (checkpoints from before --cell are rnn)."""
+    saved = state.get("cell", "rnn")
+    if saved != cell:
+        raise ValueError(f"the checkpoint is of a {saved} model, this model is {cell}: build it with --cell {saved}")
 
 
 def check_same_vocabulary(what: str, saved: list, current: list) -> None:
@@ -73,6 +96,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--embed", type=int, default=DEFAULTS["embed"], help="character embedding width")
     parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"], help="RNN hidden size")
     parser.add_argument("--num-layers", type=int, default=DEFAULTS["num_layers"], help="stacked RNN layers")
+    add_cell_argument(parser)
+
+
+def add_cell_argument(parser) -> None:
+    parser.add_argument("--cell", choices=tuple(CELLS), default=DEFAULTS["cell"],
+                        help="the recurrent layer: RNN (tanh), LSTM or GRU")
 
 
 def load_data(data_path: Path | None, seed: int, args) -> data_names.NamesData:
@@ -82,7 +111,7 @@ def load_data(data_path: Path | None, seed: int, args) -> data_names.NamesData:
 
 def build_model(data: data_names.NamesData, layers, args) -> NameClassifier:
     return NameClassifier(data.languages, data.alphabet, layers, option(args, "embed"), option(args, "hidden"),
-                          option(args, "num_layers"))
+                          option(args, "num_layers"), option(args, "cell"))
 
 
 def encode_batch(data: data_names.NamesData, examples: list[tuple[str, int]]) -> tuple[torch.Tensor, ...]:
@@ -188,7 +217,8 @@ def predict(model: torch.nn.Module, data: data_names.NamesData, text: str, devic
 
 TASK = Task(
     name="names",
-    description="RNN name classifier: surname -> language (Faker's surname lists, or --data DIR of <Language>.txt)",
+    description="RNN (or --cell lstm/gru) name classifier: surname -> language (Faker's surname lists, or --data DIR "
+                "of <Language>.txt)",
     load_data=load_data,
     build_model=build_model,
     batches=batches,

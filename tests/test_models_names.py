@@ -3,6 +3,7 @@
 Each model is built twice from the same code, once on tritonprop.ops and once on torch.nn, with the
 same weights (state_dict copied across), the same batches and the same optimizer. The losses of
 every step must agree within the fp32 tolerance. Sizes are tiny: every kernel runs interpreted.
+Both models are checked with each recurrent cell (`--cell rnn`, `lstm`, `gru`).
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import pytest
 import torch
 
 from helpers import assert_close, require_demo_packages
-from tritonprop import ops
-from tritonprop.models import data_names, namegen, names
+from tritonprop import cli, ops
+from tritonprop.models import data_names, namegen, names, train
 
 require_demo_packages()
 
 STEPS = 10
+CELLS = list(names.CELLS)
 
 
 def tritonprop_layers():
@@ -68,16 +70,43 @@ NAMES_ARGS = types.SimpleNamespace(embed=8, hidden=8, num_layers=1)
 NAMEGEN_ARGS = types.SimpleNamespace(embed=8, language_embed=4, hidden=8, num_layers=1, samples_per_language=1)
 
 
-def test_names_classifier_matches_torch_twin():
-    ours, twin, _, _ = twin_losses(names.TASK, tiny_names(), NAMES_ARGS)
-    assert_close(ours, twin, name="names losses, tritonprop vs torch.nn")
+def with_cell(args: types.SimpleNamespace, cell: str) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**vars(args), cell=cell)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_names_classifier_matches_torch_twin(cell):
+    ours, twin, model, _ = twin_losses(names.TASK, tiny_names(), with_cell(NAMES_ARGS, cell))
+    assert isinstance(model.rnn, getattr(ops, names.CELLS[cell]))
+    assert_close(ours, twin, name=f"names ({cell}) losses, tritonprop vs torch.nn")
     assert ours[-3:].mean() < ours[:3].mean(), f"the loss did not fall: {ours.tolist()}"
 
 
-def test_name_generator_matches_torch_twin():
-    ours, twin, _, _ = twin_losses(namegen.TASK, tiny_names(), NAMEGEN_ARGS)
-    assert_close(ours, twin, name="namegen losses, tritonprop vs torch.nn")
+@pytest.mark.parametrize("cell", CELLS)
+def test_name_generator_matches_torch_twin(cell):
+    ours, twin, model, _ = twin_losses(namegen.TASK, tiny_names(), with_cell(NAMEGEN_ARGS, cell))
+    assert isinstance(model.rnn, getattr(ops, names.CELLS[cell]))
+    assert_close(ours, twin, name=f"namegen ({cell}) losses, tritonprop vs torch.nn")
     assert ours[-3:].mean() < ours[:3].mean(), f"the loss did not fall: {ours.tolist()}"
+
+
+def test_namegen_step_by_step_state_matches_whole_sequence():
+    """Sampling carries the layer's state from call to call; for an LSTM that is the pair (h, c)."""
+    data = tiny_names()
+    torch.manual_seed(0)
+    model = namegen.build_model(data, tritonprop_layers(), with_cell(NAMEGEN_ARGS, "lstm"))
+    chars = torch.tensor([[model.boundary, 3, 5, 2]])
+    language = torch.tensor([1])
+    with torch.no_grad():
+        whole, (h_n, c_n) = model(chars, language)
+        state, steps = None, []
+        for t in range(chars.shape[1]):
+            logits, state = model(chars[:, t: t + 1], language, state)
+            steps.append(logits)
+    assert isinstance(state, tuple) and len(state) == 2
+    assert_close(torch.cat(steps, dim=1), whole, name="logits, step by step vs whole sequence")
+    assert_close(state[0], h_n, name="h_n")
+    assert_close(state[1], c_n, name="c_n")
 
 
 def test_names_evaluate_artifacts_predict(tmp_path):
@@ -125,9 +154,10 @@ def test_checkpoint_with_other_classes_names_the_unknown_class():
         model.load_state_dict(saved, strict=False)
 
 
-def test_namegen_samples_and_bpc(tmp_path, capsys):
+@pytest.mark.parametrize("cell", CELLS)
+def test_namegen_samples_and_bpc(cell, tmp_path, capsys):
     data = tiny_names()
-    model = namegen.build_model(data, torch.nn, NAMEGEN_ARGS)
+    model = namegen.build_model(data, torch.nn, with_cell(NAMEGEN_ARGS, cell))
     metrics = namegen.evaluate(model, data, torch.device("cpu"))
     assert metrics["bpc"] > 0 and math.isfinite(metrics["bpc"])
     extra = namegen.artifacts(model, data, tmp_path, torch.device("cpu"), metrics)
@@ -148,3 +178,43 @@ def test_namegen_unigram_baseline_by_hand():
     # Add-one counts over a, b and the boundary after training on "ab": a 2, b 2, boundary 2 of 6.
     # The held-out "a" + boundary costs -log2(2/6) bits for each of its two targets.
     assert namegen.unigram_bits(data) == pytest.approx(math.log2(3))
+
+
+@pytest.mark.parametrize("task", [names, namegen], ids=["names", "namegen"])
+def test_checkpoint_of_another_cell_names_both_cells(task):
+    data = tiny_names()
+    args = NAMES_ARGS if task is names else NAMEGEN_ARGS
+    saved = task.build_model(data, torch.nn, with_cell(args, "lstm")).state_dict()
+    model = task.build_model(data, torch.nn, with_cell(args, "gru"))
+    with pytest.raises(ValueError, match="checkpoint is of a lstm model, this model is gru"):
+        model.load_state_dict(saved)
+    # A checkpoint from before --cell has no cell in its extra state: it is an RNN's.
+    saved = task.build_model(data, torch.nn, args).state_dict()
+    extra = next(key for key in saved if key.endswith("_extra_state"))
+    saved[extra] = {key: value for key, value in saved[extra].items() if key != "cell"}
+    task.build_model(data, torch.nn, args).load_state_dict(saved)
+
+
+def test_cli_trains_and_reloads_an_lstm(tmp_path, capsys):
+    """`train namegen --cell lstm` saves the cell with its options; `predict` rebuilds an LSTM and samples
+    with its (h, c) state."""
+    data_dir = tmp_path / "names"
+    data_dir.mkdir()
+    for language, surnames in {"German": "Muller Schmidt Weber", "Italian": "Rossi Russo Ricci"}.items():
+        (data_dir / f"{language}.txt").write_text("\n".join(surnames.split()) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert cli.main(["train", "namegen", "--cell", "lstm", "--device", "cpu", "--steps", "1", "--batch-size", "2",
+                     "--data", str(data_dir), "--out", str(out), "--embed", "4", "--language-embed", "2",
+                     "--hidden", "4", "--samples-per-language", "1"]) == 0
+    assert "namegen: 1 steps" in capsys.readouterr().out
+    assert torch.load(out / train.CHECKPOINT, weights_only=False)["options"]["cell"] == "lstm"
+    model, _ = train.load_for_prediction(namegen.TASK, out, torch.device("cpu"))
+    assert isinstance(model.rnn, ops.LSTM)
+    assert cli.main(["predict", "namegen", "German", "--out", str(out), "--device", "cpu"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+def test_cli_rejects_an_unknown_cell(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "names", "--cell", "transformer"])
+    assert "invalid choice: 'transformer'" in capsys.readouterr().err
