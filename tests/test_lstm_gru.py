@@ -162,7 +162,10 @@ def test_gradcheck_cell_full_jacobian_unbatched_no_bias(device, cell):
     assert_gradcheck(_cell_fn(cell), x, *states, *weights)
 
 
-@pytest.mark.parametrize("seq", SEQS, ids=IDS)
+# Every option alone in the default run; all combined (the costliest) under -m slow, where the
+# default run checks the combination against torch instead (test_module_matches_torch_through_state_dict).
+@pytest.mark.parametrize("seq", [pytest.param(s, id=s.name, marks=[pytest.mark.slow] if s.name == "all_combined" else [])
+                                 for s in SEQS])
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradcheck_sequence_x_states_and_every_weight(device, cell, seq):
     x, states, weights = seq.tensors(MODULES[cell][1], device, states=_count(cell))
@@ -451,6 +454,8 @@ def _reference_layer(cell, x, h0, c0, weights, lengths):
     return torch.cat(outs, 2), torch.stack(hs), (torch.stack(cs) if cs else None)
 
 
+# The default run checks the split through the modules (test_split_recurrence_matches_torch_with_packed_input).
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_kernel_split_forward_and_backward_match_the_references(device, cell):
     # float64, so that any indexing error in the tiling shows far above rounding.
