@@ -733,8 +733,11 @@ def _choose_path(path, kernel, p: Plan, args, kwargs, device) -> tuple[str, str]
     return (PERSISTENT if fits else PER_STEP), why
 
 
-def _launch_options(x: torch.Tensor) -> dict:
-    return dict(ACC_DTYPE=accumulator_dtype(x.dtype), **dot_options(x.dtype, _allow_tf32(TF32_FLAG)))
+def _product_options(p: Plan, x: torch.Tensor) -> dict:
+    """The phase-1 product's tiles, dot options and warps: once per launch function, since the
+    per-step path launches the product at every step."""
+    return dict(BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, BLOCK_B=p.BLOCK_B, ACC_DTYPE=accumulator_dtype(x.dtype),
+                **dot_options(x.dtype, _allow_tf32(TF32_FLAG)), num_warps=NUM_WARPS)
 
 
 def _cooperative(device: torch.device) -> dict:
@@ -743,11 +746,10 @@ def _cooperative(device: torch.device) -> dict:
     return dict(launch_cooperative_grid=True) if compiled else {}
 
 
-def _ran_persistent(kernel, args, step_options, p: Plan, cell, x, H, backward, path) -> bool:
+def _ran_persistent(kernel, args, step_options, product_options, p: Plan, cell, x, H, backward, path) -> bool:
     """Launch the persistent `kernel` for all T steps, if that is the path for this grid (see
     `_choose_path`), and say whether it ran; if not, the caller launches the steps one by one."""
-    options = dict(step_options, BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, **_launch_options(x), num_warps=NUM_WARPS,
-                   **_cooperative(x.device))
+    options = dict(step_options, **product_options, **_cooperative(x.device))
     chosen, why = _choose_path(path, kernel, p, args, options, x.device)
     if not allocating_only():
         _record(cell, x, H, backward, chosen, why)
@@ -828,6 +830,7 @@ def forward(cell: str, x, h0, c0, weights, lengths=None, *, path=None, tiles=Non
     acc = accumulator_torch_dtype(x.dtype)
     x2d = _flat_steps(x)
     p = plan(kind, x.dtype, H, B, backward=False, **(tiles or {}))
+    product_options = _product_options(p, x)
     partials = torch.empty((p.SPLITS, B, p.M), device=x.device, dtype=acc)
     saved_width = SAVED_GATES[kind] * H
     for d, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
@@ -846,15 +849,15 @@ def forward(cell: str, x, h0, c0, weights, lengths=None, *, path=None, tiles=Non
         persistent_args = (w_hh, partials, xproj, b_hn, column, cells_d, gates_d, h_n[d], c_n_d, lengths_arg,
                            torch.zeros(1, device=x.device, dtype=torch.int32), p.M, p.K, T, H, B,
                            *w_hh.stride(), *update_strides, p.M_TILES, p.SPLITS, p.U_TILES, p.update_programs)
-        if _ran_persistent(recurrence_forward_persistent_kernel, persistent_args, options, p, cell, x, H, False, path):
+        if _ran_persistent(recurrence_forward_persistent_kernel, persistent_args, options, product_options, p, cell, x,
+                           H, False, path):
             continue
         for step in range(T):
             t = T - 1 - step if d == 1 else step
             h_prev = column[t + 2 if d == 1 else t]
             launch(recurrence_product_kernel, (p.programs,))(
                 w_hh, h_prev, partials, p.M, p.K, B, *w_hh.stride(), *h_prev.stride(), *partials.stride(),
-                p.M_TILES, p.SPLITS, BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, BLOCK_B=p.BLOCK_B, **_launch_options(x),
-                num_warps=NUM_WARPS)
+                p.M_TILES, p.SPLITS, **product_options)
             launch(recurrence_forward_update_kernel, (p.update_programs,))(
                 partials, xproj, b_hn, column, cells_d, gates_d, h_n[d], c_n_d, lengths_arg, p.SPLITS, step, T, H, B,
                 *update_strides, p.U_TILES, **options, num_warps=NUM_WARPS)
@@ -890,6 +893,7 @@ def backward(cell: str, d_output, dh_n, dc_n, x, hidden, cells, gates, weights, 
             dc0.zero_()
     else:
         p = plan(kind, x.dtype, H, B, backward=True, **(tiles or {}))
+        product_options = _product_options(p, x)
         partials = torch.empty((p.SPLITS, B, p.M), device=x.device, dtype=acc)
         carry = dh_n.to(acc, copy=True)
         dc = dc_n.to(acc, copy=True) if kind == LSTM else carry
@@ -915,8 +919,8 @@ def backward(cell: str, d_output, dh_n, dc_n, x, hidden, cells, gates, weights, 
                                dc0_d, lengths_arg, torch.zeros(1, device=x.device, dtype=torch.int32),
                                p.M, p.K, T, H, B, *w_t_strides, *update_strides,
                                *dh0[d].stride(), *dc0_d.stride(), p.M_TILES, p.SPLITS, p.U_TILES, p.update_programs)
-            if _ran_persistent(recurrence_backward_persistent_kernel, persistent_args, options, p, cell, x, H, True,
-                               path):
+            if _ran_persistent(recurrence_backward_persistent_kernel, persistent_args, options, product_options, p, cell,
+                               x, H, True, path):
                 continue
             for step in range(T):
                 t = step if d == 1 else T - 1 - step
@@ -926,8 +930,7 @@ def backward(cell: str, d_output, dh_n, dc_n, x, hidden, cells, gates, weights, 
                     num_warps=NUM_WARPS)
                 launch(recurrence_product_kernel, (p.programs,))(
                     w_hh, da_h_d[t], partials, p.M, p.K, B, *w_t_strides, *da_h_d[t].stride(), *partials.stride(),
-                    p.M_TILES, p.SPLITS, BLOCK_M=p.BLOCK_M, BLOCK_K=p.BLOCK_K, BLOCK_B=p.BLOCK_B,
-                    **_launch_options(x), num_warps=NUM_WARPS)
+                    p.M_TILES, p.SPLITS, **product_options)
             launch(recurrence_backward_finish_kernel, (p.update_programs,))(
                 partials, carry[d], dc[d], dh0[d], dc0_d, p.SPLITS, H, B, *finish_strides, p.U_TILES,
                 CELL=kind, BLOCK_B=p.BLOCK_B, BLOCK_U=p.BLOCK_U, num_warps=NUM_WARPS)
