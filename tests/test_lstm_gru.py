@@ -264,6 +264,30 @@ def test_module_matches_torch_through_state_dict(device, cell, name, options, hx
         assert_close(g, e, name=f"gradient {k} (x, states, then parameters)")
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_functional_reads_strided_and_expanded_weights(device, cell):
+    """A transposed W_ih, a W_hh of every other column and a b_ih expanded from one element (stride
+    0) give torch's output, and gradients that reach the tensors they are views of."""
+    T, B, I, H, G = 3, 2, 3, 4, GATES[cell]
+    x = torch.randn(T, B, I, device=device, dtype=torch.float64)
+    states = [torch.randn(1, B, H, device=device, dtype=torch.float64) for _ in range(_count(cell))]
+    bases = [torch.randn(I, G * H), torch.randn(G * H, 2 * H), torch.randn(1), torch.randn(G * H)]
+    ours_bases = [b.to(device, torch.float64).requires_grad_() for b in bases]
+    torch_bases = [b.to(device, torch.float64).requires_grad_() for b in bases]
+
+    def views(b):
+        return [b[0].t(), b[1][:, ::2], b[2].expand(G * H), b[3]]
+
+    assert [v.stride() for v in views(ours_bases)][1:3] == [(2 * H, 2), (0,)]
+    out = _sequence_fn(cell)(x, *states, *views(ours_bases))
+    expected = _torch_fn(cell)(x, *states, *[v.contiguous() for v in views(torch_bases)])
+    assert_close(out, expected)
+    grads = torch.autograd.grad(out.sum(), ours_bases)
+    e_grads = torch.autograd.grad(expected.sum(), torch_bases)
+    for k, (g, e) in enumerate(zip(grads, e_grads)):
+        assert_close(g, e, name=f"gradient of weight base {k}")
+
+
 @pytest.mark.parametrize("seq", [SEQS[0], SEQS[3]], ids=lambda s: s.name)
 @pytest.mark.parametrize("cell", CELLS)
 def test_functional_matches_reference_and_torch_fp32(device, cell, seq):
