@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop import backend
+from tritonprop import backend, recording
 
 
 def autotune(configs, key, **kwargs):
@@ -71,7 +71,7 @@ def launch(kernel, grid):
     Inside `allocations_only` it notes the kernel and returns a call that does nothing, so that a
     launch function run on fake tensors (torch.compile, torch.export, opcheck) gives its outputs'
     shapes, dtypes and strides without running a kernel. Inside `captured_launches` the call
-    records the launch.
+    records the launch. A launch that runs is counted by any active `tritonprop.record()`.
     """
     capture = _CAPTURE.get()
     if capture is not None:
@@ -80,6 +80,8 @@ def launch(kernel, grid):
     if skipped is not None:
         skipped.append(kernel)
         return _skip_launch
+    if recording.ACTIVE:
+        recording.count_launch(kernel)
     return kernel[grid]
 
 

@@ -49,7 +49,7 @@ from typing import Callable
 import torch
 from torch._library.utils import is_tensorlist_like_type
 
-from tritonprop import backend, registry
+from tritonprop import backend, recording, registry
 from tritonprop.kernels._common import allocations_only
 from tritonprop.ops._autocast import autocasting
 
@@ -83,14 +83,18 @@ def kernel_op(name: str) -> Callable:
     """
 
     def register(wrapper):
-        op = torch.library.custom_op(f"{NAMESPACE}::{name}", wrapper, mutates_args=())
+        # The op runs `run`, which counts its runs for `tritonprop.record()`; its schema comes from
+        # the wrapper's own annotations, which are evaluated in the wrapper's module.
+        run = recording.counted(name, wrapper)
+        schema = torch.library.infer_schema(wrapper, mutates_args=())
+        op = torch.library.custom_op(f"{NAMESPACE}::{name}", run, mutates_args=(), schema=schema)
 
         def fake(*args, **kwargs):
             with allocations_only():
                 return wrapper(*args, **kwargs)
 
         op.register_fake(fake)
-        _WRAPPERS[op] = wrapper
+        _WRAPPERS[op] = run
         return op
 
     return register

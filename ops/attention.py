@@ -299,11 +299,16 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
 
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False,
                  kdim=None, vdim=None, batch_first=False, device=None, dtype=None):
-        for name, value in (("add_bias_kv", add_bias_kv), ("add_zero_attn", add_zero_attn)):
-            if value:
-                raise NotImplementedError(f"tritonprop {MHA}: {name}=True is not implemented")
         super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim, batch_first,
                          device=device, dtype=dtype)
+        self._check_supported()
+
+    def _check_supported(self):
+        """NotImplementedError for a configuration these kernels do not compute (`ops.convert` then
+        leaves a torch.nn.MultiheadAttention as it is, with this message as the reason)."""
+        for name, value in (("add_bias_kv", self.bias_k is not None), ("add_zero_attn", self.add_zero_attn)):
+            if value:
+                raise NotImplementedError(f"tritonprop {MHA}: {name}=True is not implemented")
 
     def _project(self, query, key, value):
         """q, k, v as (B, H, L, E / H) views of the projections (one packed matmul for self-attention)."""

@@ -197,6 +197,9 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 class _TritonBatchNorm:
     """The forward of torch's _BatchNorm (momentum, cumulative averaging, eval fallback), on our op."""
 
+    # The class default is what `ops.convert` gives a converted torch.nn.BatchNorm.
+    fuse_relu = False
+
     def __init__(self, *args, fuse_relu: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.fuse_relu = fuse_relu

@@ -240,21 +240,26 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 class Conv2d(torch.nn.Conv2d):
     """Drop-in `torch.nn.Conv2d` (only padding_mode='zeros'), with an optional fused ``activation``."""
 
+    # The class default is what `ops.convert` gives a converted torch.nn.Conv2d.
+    activation = None
+
     def __init__(self, *args, activation=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._check_padding_mode()
+        self._check_supported()
         if activation not in ACTIVATIONS:
             raise ValueError(f"Conv2d: activation must be one of None, 'relu', 'gelu', got {activation!r}")
         self.activation = activation
 
-    def _check_padding_mode(self):
+    def _check_supported(self):
+        """NotImplementedError for a configuration these kernels do not compute (`ops.convert` then
+        leaves a torch.nn.Conv2d as it is, with this message as the reason)."""
         if self.padding_mode != "zeros":
             raise NotImplementedError(f"tritonprop Conv2d: padding_mode={self.padding_mode!r} is not implemented; "
                                       "only 'zeros' is")
 
     def forward(self, input):
         # torch reads padding_mode at every forward, so a mode set after construction counts too.
-        self._check_padding_mode()
+        self._check_supported()
         return conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups,
                       activation=self.activation)
 

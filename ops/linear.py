@@ -191,6 +191,9 @@ def linear(input, weight, bias=None, *, activation=None):
 class Linear(torch.nn.Linear):
     """Drop-in `torch.nn.Linear`, with an optional fused ``activation`` after the bias."""
 
+    # The class default is what `ops.convert` gives a converted torch.nn.Linear.
+    activation = None
+
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, activation=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         if activation not in ACTIVATIONS:

@@ -77,6 +77,11 @@ class LSTM(TraceableRecurrent, torch.nn.LSTM):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._check_supported()
+
+    def _check_supported(self):
+        """NotImplementedError for a configuration these kernels do not compute (`ops.convert` then
+        leaves a torch.nn.LSTM as it is, with this message as the reason)."""
         if self.proj_size > 0:
             raise NotImplementedError(f"{OP}: proj_size > 0 (LSTM with projections) is not supported by tritonprop")
 

@@ -477,6 +477,10 @@ class TraceableRecurrent:
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._finish_convert()
+
+    def _finish_convert(self):
+        """What construction does beyond torch's; `ops.convert` runs it on a converted torch module."""
         torch._dynamo.config.allow_rnn = True
 
     def _sequence_options(self) -> dict:

@@ -24,7 +24,8 @@ from tritonprop.bench import report as bench_report
 OPS = list(registry.OPS)
 COMPILE_SCRIPT = Path(__file__).with_name("compile_for_cuda.py")
 # Lowercase public names of tritonprop.ops that are functions but no op of their own.
-NOT_OPS = {"fuse_conv_bn_eval": "folds an eval-mode BatchNorm2d into a Conv2d; it returns a module"}
+NOT_OPS = {"fuse_conv_bn_eval": "folds an eval-mode BatchNorm2d into a Conv2d; it returns a module",
+           "convert": "swaps a model's torch layers for ours; it returns the model"}
 
 
 def _functional(name):

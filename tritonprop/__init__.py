@@ -10,5 +10,6 @@ _backend.configure()
 __version__ = "0.1.0"
 
 from tritonprop import ops  # noqa: E402  (must follow configure())
+from tritonprop.recording import record  # noqa: E402
 
-__all__ = ["ops", "__version__"]
+__all__ = ["ops", "record", "__version__"]
