@@ -105,6 +105,13 @@ def capturing() -> bool:
     return _CAPTURE.get() is not None
 
 
+def interpreted_run() -> bool:
+    """Whether launches run under Triton's interpreter now (and are not captured for the sm_90
+    report). Each program then costs Python time, whatever its tile size, so launch plans aim at
+    few, large programs instead of filling a GPU's SMs."""
+    return backend.interpreting() and _CAPTURE.get() is None
+
+
 def allocating_only() -> bool:
     """Whether launches are being skipped by `allocations_only` (the tensors may be fake)."""
     return _ALLOCATIONS_ONLY.get() is not None

@@ -35,13 +35,15 @@ import triton
 import triton.language as tl
 
 from tritonprop.kernels._common import (_block, _next_pow2, accumulator_dtype, accumulator_torch_dtype, cached_plan,
-                                        cdiv, chan_merge, launch, merge_dims, parallel_programs)
+                                        cdiv, chan_merge, interpreted_run, launch, merge_dims, parallel_programs)
 from tritonprop.kernels.activations import relu
 from tritonprop.kernels.reduction import sum_partials
 
 # Elements per tile: large enough to keep loads wide, small enough for registers (16 fp32
 # values per thread at 8 warps).
 TILE_ELEMENTS = 4096
+# The same under Triton's interpreter, where fewer, larger programs are faster (`plan_tiles`).
+INTERPRETED_TILE_ELEMENTS = 65536
 
 
 
@@ -359,7 +361,12 @@ def reduction_axes(shape, *strides):
 
 def plan_tiles(O: int, I: int, C: int, stride_i: int, stride_c: int):
     """Pick (BLOCK_O, BLOCK_I, BLOCK_C) so that the fastest-varying memory axis is the wide one."""
-    if C > 1 and abs(stride_c) < abs(stride_i):
+    if interpreted_run():
+        # Each program costs Python time, whatever its tile: as many channels per tile as fit in
+        # a large one (numpy gathers the strided channels as fast).
+        block_i = min(_next_pow2(I), INTERPRETED_TILE_ELEMENTS)
+        block_c = min(_next_pow2(C), max(1, INTERPRETED_TILE_ELEMENTS // block_i))
+    elif C > 1 and abs(stride_c) < abs(stride_i):
         # channels_last-like: channels are adjacent in memory, so a tile spans many channels.
         block_c = min(_next_pow2(C), 64)
         block_i = min(_next_pow2(I), TILE_ELEMENTS // block_c)

@@ -71,8 +71,8 @@ import triton.language as tl
 from tritonprop import backend
 from tritonprop.kernels import linear
 from tritonprop.kernels._common import (_allow_tf32, _next_pow2, accumulator_dtype, accumulator_torch_dtype, cdiv,
-                                        allocating_only, capturing, ctas_per_sm, dot_accumulate, dot_options, launch,
-                                        streaming_multiprocessors)
+                                        allocating_only, capturing, ctas_per_sm, dot_accumulate, dot_options,
+                                        interpreted_run, launch, streaming_multiprocessors)
 from tritonprop.kernels.activations import relu, tanh
 
 # The cells, as the kernels' CELL constexpr.
@@ -644,7 +644,7 @@ def plan(cell: int, dtype: torch.dtype, H: int, B: int, backward: bool, target_p
     the grid has `target_programs` (unless given: TARGET_PROGRAMS, or INTERPRETED_TARGET_PROGRAMS
     when kernels run interpreted rather than captured for the sm_90 report, whose batch tiles
     may also be wider)."""
-    interpreted = backend.interpreting() and not capturing()
+    interpreted = interpreted_run()
     if target_programs is None:
         target_programs = INTERPRETED_TARGET_PROGRAMS if interpreted else TARGET_PROGRAMS
     G = GATES[cell]

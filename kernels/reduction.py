@@ -34,12 +34,16 @@ import torch
 import triton
 import triton.language as tl
 
-from tritonprop.kernels._common import (_block, accumulator_dtype, cdiv, launch, plan, streaming_multiprocessors,
-                                        strided_offsets, unravel)
+from tritonprop.kernels._common import (_block, accumulator_dtype, cdiv, interpreted_run, launch, plan,
+                                        streaming_multiprocessors, strided_offsets, unravel)
 
 # Widest column block, and the most partials one program loads at a time (BLOCK_P * BLOCK_N).
 MAX_BLOCK_N = 128
 TILE_ELEMENTS = 4096
+# Under the interpreter: numpy sums a wide block in about the time of a narrow one, so a conv's
+# weight gradient (millions of columns) takes tens of programs instead of tens of thousands.
+INTERPRETED_MAX_BLOCK_N = 65536
+INTERPRETED_TILE_ELEMENTS = 262144
 
 
 @triton.jit
@@ -105,11 +109,12 @@ def sum_partials(part: torch.Tensor, out: torch.Tensor, copy: torch.Tensor | Non
     # Narrower column blocks (down to 8: one 32-byte sector of fp32 partials per row) while the
     # grid would leave SMs idle: a LayerNorm backward over 4096 columns sums ~1000 partials per
     # column, which is 32 programs at 128 columns.
-    block_n = _block(N, 1, MAX_BLOCK_N)
+    interpreted = interpreted_run()
+    block_n = _block(N, 1, INTERPRETED_MAX_BLOCK_N if interpreted else MAX_BLOCK_N)
     sm_count = streaming_multiprocessors(part.device)
     while block_n > 8 and cdiv(N, block_n) < sm_count:
         block_n //= 2
-    block_p = _block(P, 1, TILE_ELEMENTS // block_n)
+    block_p = _block(P, 1, (INTERPRETED_TILE_ELEMENTS if interpreted else TILE_ELEMENTS) // block_n)
     copy_strides = layout.strides[1] if copy is not None else (0, 0, 0, 0)
     launch(sum_partials_kernel, (cdiv(N, block_n),))(
         part, out, copy if copy is not None else out, P, N, D1, D2, D3, *layout.strides[0], *copy_strides,
