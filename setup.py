@@ -10,6 +10,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "tritonprop",
+        "tritonprop.integrations",
         "tritonprop.kernels",
         "tritonprop.ops",
         "tritonprop.ops.reference",

@@ -14,6 +14,14 @@ import torch
 
 import tritonprop  # noqa: F401  (sets TRITON_INTERPRET before any kernel is decorated)
 from helpers import TOLERANCES
+from tritonprop.torchvision_import import import_torchvision
+
+# torchvision imports only through import_torchvision() beside this CPU torch, and transformers
+# imports it whenever it is installed: so it is imported here, before any test can import either.
+try:
+    import_torchvision()
+except ImportError:
+    pass  # not installed: the tests that build torchvision models skip
 
 # Inductor compiles its C++ in a pool of worker processes sized by the CPU count (read when
 # torch._inductor is first imported, by the first torch.compile); the tests already run one
