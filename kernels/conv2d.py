@@ -441,6 +441,12 @@ def channels_contiguous(t: torch.Tensor) -> bool:
     return t.shape[1] == 1 or t.stride(1) == 1
 
 
+# Under the interpreter: the widest weight-gradient tile side (64 compiled), and the most output
+# positions per implicit-GEMM tile (64 or 128 compiled).
+INTERPRETED_MAX_WGRAD_TILE = 256
+INTERPRETED_MAX_GEMM_ROWS = 256
+
+
 def gemm_configs(operand: torch.Tensor, rows: int, cols: int, inner: int) -> list:
     """Tile configs of the implicit GEMMs (forward, stem and dgrad): rows are output positions,
     cols output channels, and the reduction runs over `inner` channels of `operand` per tap. The
@@ -456,6 +462,10 @@ def gemm_configs(operand: torch.Tensor, rows: int, cols: int, inner: int) -> lis
       no spills, where 64 positions at 4 warps left half of each wgmma's M unused.
     """
     block_n = _block(cols, 16, 128)
+    if interpreted_run():
+        # Registers do not bind here; each program and each step of its loop costs Python time.
+        return [dict(BLOCK_M=_block(rows, 16, INTERPRETED_MAX_GEMM_ROWS), BLOCK_N=block_n,
+                     BLOCK_K=_block(inner, 16, 64), num_warps=4, num_stages=1)]
     if not channels_contiguous(operand):
         tiles = dict(BLOCK_M=64, BLOCK_N=block_n, BLOCK_K=_block(inner, 16, 16), num_warps=8, num_stages=3)
         return [tiles, dict(tiles, num_stages=4), dict(tiles, BLOCK_M=128)]
@@ -468,8 +478,6 @@ def gemm_configs(operand: torch.Tensor, rows: int, cols: int, inner: int) -> lis
 # Channels of the padded input that `conv2d_forward_taps_kernel` reads (inputs with at most this
 # many run there): 4 keeps every pixel 8-byte aligned in 16-bit.
 TAP_CHANNELS = 4
-# The widest weight-gradient tile side under the interpreter (64 compiled).
-INTERPRETED_MAX_WGRAD_TILE = 256
 
 
 def takes_taps_kernel(x: torch.Tensor, weight: torch.Tensor, groups: int, dilation) -> bool:
