@@ -15,6 +15,7 @@ TASKS = {
     "namegen": "tritonprop.models.namegen",
     "seq2seq": "tritonprop.models.seq2seq",
     "charlm": "tritonprop.models.charlm",
+    "vision": "tritonprop.models.vision",
 }
 
 

@@ -246,3 +246,17 @@ class RecurrentCase:
         hx = [(torch.randn(self.layers * self.D, self.B, self.H, device=device) * 0.5).to(dtype).requires_grad_()
               for _ in range(states)]
         return x, hx, weights
+
+
+def task_losses(task, model, layers, data, batch_size: int, steps: int, optimizer) -> torch.Tensor:
+    """The losses of `steps` training steps of a models/ `Task` on `model`: the task's own batches
+    (from a generator seeded 0, so twins see the same ones) and loss, stepped by `optimizer`."""
+    batches = task.batches(data, batch_size, torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(steps):
+        loss = task.loss(model, next(batches), layers)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return torch.stack(losses)

@@ -52,7 +52,7 @@ def smoke(tmp_path_factory, digits_dir, names_dir):
             argv = ["train", name, "--device", "cpu", "--steps", "2", "--batch-size", "4", "--out", str(out),
                     "--inspect", *task.tags.get("smoke_args", [])]
             # Small data the test writes: evaluation under the interpreter is what a smoke run costs.
-            if name == "cnn":  # 24 held-out digits instead of 359
+            if name in ("cnn", "vision"):  # 24 held-out digits instead of 359
                 argv += ["--data", str(digits_dir)]
             if name in ("names", "namegen"):
                 argv += ["--data", str(names_dir)]
@@ -103,6 +103,20 @@ def test_bad_data_is_reported_with_the_file(tmp_path, capsys):
     (bad / "train-labels-idx1-ubyte").write_bytes(b"")
     assert cli.main(["train", "cnn", "--device", "cpu", "--data", str(bad), "--out", str(tmp_path)]) == 2
     assert f"error: {bad / 'train-images-idx3-ubyte'}: empty file" in capsys.readouterr().err
+
+
+def test_vision_names_the_bad_architecture_and_the_option_it_refuses(tmp_path, capsys):
+    if isinstance(AVAILABLE["vision"], Exception):
+        pytest.skip(str(AVAILABLE["vision"]))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "vision", "--arch", "resnt18"])
+    assert exit_info.value.code == 2
+    assert ("argument --arch: unknown torchvision classification model 'resnt18' (did you mean resnet18"
+            in capsys.readouterr().err)
+    # Refused before any data is read or model built, as an error of the command, not a traceback.
+    assert cli.main(["train", "vision", "--device", "cpu", "--width-mult", "0.5", "--out", str(tmp_path)]) == 2
+    assert ("error: --width-mult: --arch resnet18 has no channel multiplier; only mobilenet_v2"
+            in capsys.readouterr().err)
 
 
 def test_steps_and_epochs_are_exclusive(capsys):

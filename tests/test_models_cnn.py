@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import assert_close, require_demo_packages
+from helpers import assert_close, require_demo_packages, task_losses
 from tritonprop import ops
 from tritonprop.models import cnn, data_mnist
 
@@ -34,16 +34,7 @@ def twins(data):
 
 
 def train_steps(model, layers, data, steps):
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    batches = cnn.batches(data, BATCH, torch.Generator().manual_seed(0))
-    losses = []
-    for _ in range(steps):
-        loss = cnn.loss(model, next(batches), layers)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-    return torch.stack(losses)
+    return task_losses(cnn.TASK, model, layers, data, BATCH, steps, torch.optim.Adam(model.parameters(), lr=1e-2))
 
 
 def test_layers_come_from_the_namespace(digits):

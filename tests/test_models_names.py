@@ -14,7 +14,7 @@ import types
 import pytest
 import torch
 
-from helpers import assert_close, require_demo_packages
+from helpers import assert_close, require_demo_packages, task_losses
 from tritonprop import cli, ops
 from tritonprop.models import data_names, namegen, names, train
 
@@ -43,18 +43,8 @@ def twin_losses(task, data, args, *, steps=STEPS, batch_size=4, lr=0.01):
     ours = task.build_model(data, layers, args)
     twin = task.build_model(data, torch.nn, args)
     twin.load_state_dict(ours.state_dict())
-    losses = []
-    for model, model_layers in ((ours, layers), (twin, torch.nn)):
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        batches = task.batches(data, batch_size, torch.Generator().manual_seed(0))
-        trace = []
-        for _ in range(steps):
-            loss = task.loss(model, next(batches), model_layers)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            trace.append(loss.detach())
-        losses.append(torch.stack(trace))
+    losses = [task_losses(task, model, model_layers, data, batch_size, steps, torch.optim.Adam(model.parameters(), lr=lr))
+              for model, model_layers in ((ours, layers), (twin, torch.nn))]
     return (*losses, ours, twin)
 
 
