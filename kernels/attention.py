@@ -47,6 +47,9 @@ from tritonprop.kernels._common import (_allow_tf32, _block, _next_pow2, accumul
 
 # attn_mask kinds (constexpr MASK_KIND).
 NO_MASK, BOOL_MASK, ADDITIVE_MASK = 0, 1, 2
+# Where a finite additive mask value is clamped before it is scaled by log2(e) (`_scores`): the
+# float32 minimum / log2(e) is -2.36e38, so anything lower would overflow to -inf.
+MASK_FLOOR: tl.constexpr = tl.constexpr(-2.3e38)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per pass, keyed by the element size of q and by
 # whether the head dim exceeds 64 / 128: the config each launch starts from. The 16-bit tiles are those of Triton's tutorial for Hopper, with 8 warps (two
@@ -111,8 +114,12 @@ def _scores(qk, i, j, Sq, Sk, mask_ptr, stride_maskm, stride_maskn, qk_scale2, l
             # SDPA's boolean convention: True means "may attend".
             s = tl.where(mask != 0, s, float("-inf"))
         else:
-            # torch adds the mask after scaling: S = qk * scale + mask.
-            s += mask.to(s.dtype) * log2e
+            # torch adds the mask after scaling: S = qk * scale + mask. A finite mask value must
+            # stay finite in base 2: the float32 minimum, a common "masked" value, times log2(e)
+            # would overflow to -inf and turn a row that torch averages uniformly (every score
+            # equally minimal) into a fully hidden one. -inf stays -inf.
+            bias = mask.to(s.dtype)
+            s += tl.where(bias == float("-inf"), bias, tl.maximum(bias, MASK_FLOOR) * log2e)
     if CHECK_KEYS:
         s = tl.where(j < Sk, s, float("-inf"))
     if APPLY_CAUSAL:

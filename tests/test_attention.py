@@ -183,6 +183,17 @@ def test_fully_masked_rows_output_zero_with_zero_gradient(device):
     assert torch.equal(q.grad[0, 0, 2], torch.zeros_like(q.grad[0, 0, 2]))
 
 
+def test_rows_masked_by_the_float32_minimum_average_as_torchs_do(device):
+    # A finite "masked" value, as many models write it: every score of row 2 is equally minimal, so
+    # torch's softmax averages the values uniformly, with a gradient; -inf would hide the row.
+    q, k, v, _ = Config("rows", 1, 1, 1, 4, 6, 8).tensors(device)
+    mask = torch.zeros(4, 6, device=device)
+    mask[2] = torch.finfo(torch.float32).min
+    mask[3, :2] = torch.finfo(torch.float32).min
+    assert_matches(sdpa, {"torch": _torch_sdpa}, q, k, v, mask)
+    assert_close(sdpa(q, k, v, mask)[0, 0, 2], v[0, 0].mean(0).detach(), name="the uniform average")
+
+
 def test_causal_is_top_left_aligned(device):
     # With Sq > Sk, query i sees keys 0..min(i, Sk - 1): the first query sees key 0 only.
     q, k, v, _ = Config("tl", 1, 1, 1, 6, 3, 8).tensors(device)
