@@ -447,6 +447,14 @@ INTERPRETED_MAX_WGRAD_TILE = 256
 INTERPRETED_MAX_GEMM_ROWS = 256
 
 
+def depthwise_tiles(channels: int) -> tuple[int, int]:
+    """(output positions, channels) per tile of the depthwise kernels: 64 x up to 32 compiled, and
+    under the interpreter, where each program costs Python time, 256 x up to 128."""
+    if interpreted_run():
+        return 256, _block(channels, 1, 128)
+    return 64, _block(channels, 1, 32)
+
+
 def gemm_configs(operand: torch.Tensor, rows: int, cols: int, inner: int) -> list:
     """Tile configs of the implicit GEMMs (forward, stem and dgrad): rows are output positions,
     cols output channels, and the reduction runs over `inner` channels of `operand` per tap. The
@@ -524,7 +532,7 @@ def forward(x, weight, bias, stride, padding, dilation, groups, output_size, act
     pointers = (x, weight, bias if bias is not None else weight, y, z if z is not None else y)
     stride_b = bias.stride(0) if bias is not None else 0
     if is_depthwise(weight):
-        block_m, block_c = 64, _block(K, 1, 32)
+        block_m, block_c = depthwise_tiles(K)
         launch(conv2d_depthwise_forward_kernel, (cdiv(M, block_m), cdiv(K, block_c)))(
             *pointers, M, H, W, Ho, Wo, R, S, K, Kg,
             *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(), stride_b, *geometry,
@@ -592,7 +600,7 @@ def backward_input(dz, weight, input_shape, stride, padding, dilation, groups, m
         return dx.zero_()
     geometry = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
     if is_depthwise(weight):
-        block_m, block_c = 64, _block(C, 1, 32)
+        block_m, block_c = depthwise_tiles(C)
         launch(conv2d_depthwise_backward_input_kernel, (cdiv(M, block_m), cdiv(C, block_c)))(
             dz, weight, dx, M, H, W, Ho, Wo, R, S, C, Kg,
             *dz.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *dx.stride(), *geometry,
@@ -631,7 +639,7 @@ def backward_weight(dz, x, weight, stride, padding, dilation, groups, need_weigh
     geometry = (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
     acc = accumulator_dtype(dz.dtype)
     if is_depthwise(weight):
-        block_rows, block_c = 64, _block(K, 1, 32)
+        block_rows, block_c = depthwise_tiles(K)
         tiles = cdiv(K, block_c) * R * S
     else:
         # Under the interpreter each program costs Python time, and numpy's dot is as quick on a

@@ -68,6 +68,17 @@ def seed():
 
 
 @pytest.fixture
+def compiled_plans(monkeypatch):
+    """The launch plans a GPU runs, under the interpreter too. There, conv2d, batch norm and the
+    partial sums plan few, large tiles (kernels._common.interpreted_run); a test that asks for this
+    fixture runs the compiled tile shapes instead, so the CPU suite still checks them."""
+    from tritonprop.kernels import batchnorm, conv2d, reduction
+
+    for module in (batchnorm, conv2d, reduction):
+        monkeypatch.setattr(module, "interpreted_run", lambda: False)
+
+
+@pytest.fixture
 def strict_float32():
     """float32 matmuls and convolutions in full precision, for the test; the flags are restored after.
 

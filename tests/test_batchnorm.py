@@ -108,6 +108,17 @@ def test_matches_reference_and_torch(device, shape, channels_last, training, dty
     assert out.dtype == dtype
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("shape,channels_last", SHAPES, ids=SHAPE_IDS)
+def test_compiled_tile_plans_match_torch(device, shape, channels_last, training, compiled_plans):
+    x = make_input(shape, channels_last, device, torch.float32)
+    rm, rv, w, b = make_params(shape[1], device, torch.float32)
+    # The GPU's plan indeed: at most 4,096 elements per tile, where the interpreter's takes 65,536.
+    assert K.plan_tiles(64, 4096, 256, 1, 4096) == (1, 4096, 1)
+    assert_matches(ops.batch_norm, {"torch": F.batch_norm}, x, rm, rv, w, b, training=training, momentum=0.2,
+                   eps=1e-3)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_low_precision_input_with_float32_parameters(device, dtype):
     # What autocast produces: half activations, float32 parameters and running stats. Gradients

@@ -106,6 +106,17 @@ def test_matches_both_references_and_torch_fp32(device, config):
     assert out.dtype == torch.float32
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[4], CONFIGS[5]], ids=lambda c: c.name)
+def test_compiled_tile_plans_match_torch(device, config, channels_last, compiled_plans):
+    x, w, b = config.tensors(device)
+    if channels_last:
+        x = x.detach().to(memory_format=torch.channels_last).requires_grad_()
+    # The GPU's plan indeed: 64 output positions per tile, where the interpreter's takes 256.
+    assert K.gemm_configs(x, 4096, config.out_channels, x.shape[1])[0]["BLOCK_M"] == 64
+    assert_matches(ops.conv2d, {"torch": F.conv2d}, x, w, b, **config.kwargs)
+
+
 def _torch_in_float32(input, weight, bias=None, *args, **kwargs):
     # The semantics of our low-precision conv: fp32 accumulation, one rounding at the end.
     return F.conv2d(input.float(), weight.float(), None if bias is None else bias.float(), *args, **kwargs).to(input.dtype)
