@@ -69,10 +69,22 @@ def sum_partials_variants(acc, out_dtype, copy_dtype=None):
             yield K.sum_partials_kernel, pointer, dict(blocks, HAS_COPY=has_copy, ACC_DTYPE=acc)
 
 
-def batch_norm_kernels():
+# The dtypes a group's quick subset keeps, as attention's does: bf16 (tensor cores, fp32
+# accumulators) and fp64 (fp64 accumulators); fp16 and fp32 compile under -m slow.
+QUICK_DTYPES = ("bf16", "fp64")
+
+
+def _dtypes(variants, full):
+    """The per-dtype variants of a group, all of them or (full=False) the QUICK_DTYPES."""
+    return variants if full else tuple(v for v in variants if v[0] in QUICK_DTYPES)
+
+
+def batch_norm_kernels(full=True):
+    """Every batch_norm variant, or (full=False) the bf16 and fp64 ones."""
     from tritonprop.kernels import batchnorm as K
 
-    for x_dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+    for x_dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
+                                 ("fp64", tl.float64)), full):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
         activations = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}
         params = {"weight_ptr", "bias_ptr", "dweight_ptr", "dbias_ptr", "running_mean_ptr", "running_var_ptr"}
@@ -95,11 +107,13 @@ def batch_norm_kernels():
         yield from sum_partials_variants(acc, acc_name, copy_dtype=pointer("dbias_ptr"))
 
 
-def conv2d_kernels():
+def conv2d_kernels(full=True):
+    """Every conv2d variant, or (full=False) the bf16 and fp64 ones."""
     from tritonprop.kernels import conv2d as K
 
-    for dtype, acc, precisions in (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
-                                   ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])):
+    for dtype, acc, precisions in _dtypes((("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+                                           ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])),
+                                          full):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
 
         def pointer(name):
@@ -130,10 +144,12 @@ def conv2d_kernels():
         yield from sum_partials_variants(acc, dtype)
 
 
-def elementwise_kernels():
+def elementwise_kernels(full=True):
+    """Every activation variant, or (full=False) the bf16 and fp64 ones."""
     from tritonprop.kernels import elementwise as K
 
-    for dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+    for dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
+                               ("fp64", tl.float64)), full):
         def pointer(name):
             return dtype
 
@@ -146,10 +162,12 @@ def elementwise_kernels():
                 yield K.activation_backward_kernel, pointer, options
 
 
-def dropout_kernels():
+def dropout_kernels(full=True):
+    """Every dropout variant, or (full=False) the bf16 and fp64 ones."""
     from tritonprop.kernels import dropout as K
 
-    for dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+    for dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
+                               ("fp64", tl.float64)), full):
         def pointer(name):
             return "i64" if name == "seed_ptr" else dtype
 
@@ -157,10 +175,12 @@ def dropout_kernels():
             yield K.dropout_kernel, pointer, dict(FLAT=flat, BLOCK_GROUPS=K.BLOCK_GROUPS, ACC_DTYPE=acc)
 
 
-def layer_norm_kernels():
+def layer_norm_kernels(full=True):
+    """Every layer_norm variant, or (full=False) the bf16 and fp64 ones."""
     from tritonprop.kernels import layernorm as K
 
-    for x_dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+    for x_dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
+                                 ("fp64", tl.float64)), full):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
         activations = {"x_ptr", "y_ptr", "dy_ptr", "dx_ptr"}
         params = {"weight_ptr", "bias_ptr", "dweight_ptr", "dbias_ptr"}
@@ -187,12 +207,14 @@ def layer_norm_kernels():
         yield from sum_partials_variants(acc, pointer("dweight_ptr"))
 
 
-def cross_entropy_kernels():
+def cross_entropy_kernels(full=True):
+    """Every cross_entropy, log_softmax and nll_loss variant, or (full=False) the bf16 and fp64 ones."""
     from tritonprop.kernels import cross_entropy as K
 
     statistics = {"lse_ptr", "part_loss_ptr", "part_weight_ptr", "weight_sum_ptr", "total_weight_ptr", "smoothing_ptr",
                   "mass_ptr"}
-    for dtype, acc in (("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32), ("fp64", tl.float64)):
+    for dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
+                               ("fp64", tl.float64)), full):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
 
         def pointer(name, target="i64"):
@@ -231,11 +253,13 @@ def cross_entropy_kernels():
             yield K.loss_reduce_kernel, pointer, dict(MEAN=on, BLOCK_P=1024, ACC_DTYPE=acc)
 
 
-def linear_kernels():
+def linear_kernels(full=True):
+    """Every linear variant, or (full=False) the bf16 and fp64 ones."""
     from tritonprop.kernels import linear as K
 
-    for dtype, acc, precisions in (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
-                                   ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])):
+    for dtype, acc, precisions in _dtypes((("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+                                           ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])),
+                                          full):
         acc_name = "fp64" if acc == tl.float64 else "fp32"
 
         def pointer(name):
@@ -259,12 +283,14 @@ def linear_kernels():
         yield from sum_partials_variants(acc, dtype)
 
 
-def rnn_kernels():
-    """The RNN cell (the sequence runs on the recurrence engine: `recurrence_kernels`)."""
+def rnn_kernels(full=True):
+    """The RNN cell (the sequence runs on the recurrence engine: `recurrence_kernels`); with
+    full=False its bf16 and fp64 variants."""
     from tritonprop.kernels import rnn as K
 
-    for dtype, acc, precisions in (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
-                                   ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])):
+    for dtype, acc, precisions in _dtypes((("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+                                           ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])),
+                                          full):
         for precision in precisions:
             dot = dict(ACC_DTYPE=acc, INPUT_PRECISION=precision, UPCAST_OPERANDS=False)
             for relu in (False, True):
@@ -323,10 +349,8 @@ def attention_kernels(full=True):
     from tritonprop.kernels import attention as K
 
     statistics = {"lse_ptr", "delta_ptr", "ds_ptr", "scales_ptr"}
-    dtypes = (("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
-              ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"]))
-    if not full:
-        dtypes = (dtypes[0], dtypes[3])
+    dtypes = _dtypes((("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
+                      ("fp32", tl.float32, ["tf32", "ieee"]), ("fp64", tl.float64, ["ieee"])), full)
     for dtype, acc, precisions in dtypes:
         acc_name = "fp64" if acc == tl.float64 else "fp32"
         size = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8}[dtype]
