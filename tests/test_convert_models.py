@@ -96,8 +96,8 @@ def _padding_mask():
     return torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
 
 
-@pytest.mark.parametrize("train, grad", [(False, False), (False, True), (True, True)],
-                         ids=["eval-no_grad", "eval-grad", "train-grad"])
+@pytest.mark.parametrize("train, grad", [(False, False), (False, True), (True, False), (True, True)],
+                         ids=["eval-no_grad", "eval-grad", "train-no_grad", "train-grad"])
 def test_encoder_runs_our_kernels_in_every_mode(train, grad):
     encoder = _encoder()
     converted = _converted_twin(encoder)
@@ -225,9 +225,10 @@ FULL = ["resnet18", "mobilenet_v2"]
 # multiplies their rounding noise by up to 1/sqrt(eps), about 316 per layer at torch's 1e-5: at
 # these sizes torch's own fp32 gradients then differ from its fp64 ones by up to 1e4 times the fp32
 # tolerance, and no fp32 implementation could match either. torchvision's builders take the norm
-# layer as an argument; with eps=0.1 torch fp32 agrees with fp64 within the tolerance (checked
-# first, below). Eval mode, well conditioned, keeps the default.
-TRAIN_EPS = 0.1
+# layer as an argument; with eps=1 torch fp32 agrees with fp64 within the tolerance for every model
+# here (checked first, below; at eps=0.1 resnet18's stem gradient still misses by 1.5x). Eval mode,
+# well conditioned, keeps the default.
+TRAIN_EPS = 1.0
 
 
 def _vision_parity(name, train):
