@@ -223,8 +223,8 @@ FULL = ["resnet18", "mobilenet_v2"]
 # BatchNorm's eps in train mode. In a freshly built network some channels are nearly constant (all
 # zero after a ReLU, all six after a ReLU6, one value per sample at 1x1), and a train-mode BatchNorm
 # multiplies their rounding noise by up to 1/sqrt(eps), about 316 per layer at torch's 1e-5: at
-# these sizes torch's own fp32 gradients then differ from its fp64 ones by up to 1e4 times the fp32
-# tolerance, and no fp32 implementation could match either. torchvision's builders take the norm
+# sizes like these torch's own fp32 gradients then differ from its fp64 ones by 10 to 10^6 times
+# the fp32 tolerance (measured on the CPU), and no fp32 implementation could match either. torchvision's builders take the norm
 # layer as an argument; with eps=1 torch fp32 agrees with fp64 within the tolerance for every model
 # here (checked first, below; at eps=0.1 resnet18's stem gradient still misses by 1.5x). Eval mode,
 # well conditioned, keeps the default.
