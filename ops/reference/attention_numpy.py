@@ -5,16 +5,16 @@ k (Sk, D), v (Sk, Dv) and an additive mask M (0, or -inf where a key is hidden):
 
     S = q k^T * scale + M        P_ij = exp(S_ij) / sum_l exp(S_il)        O = P v
 
-Backward, from G = dL/dO:
+Backward, from dO = dL/dO (docs/attention.md's notation; G there is the GQA group size):
 
-    dV = P^T G                    (O is linear in P with coefficients v)
-    dP = G v^T
-    dS_ij = P_ij (dP_ij - delta_i),   delta_i = sum_j P_ij dP_ij = sum_d G_id O_id
+    dV = P^T dO                   (O is linear in P with coefficients v)
+    dP = dO v^T
+    dS_ij = P_ij (dP_ij - delta_i),   delta_i = sum_j P_ij dP_ij = sum_d dO_id O_id
                                   (the softmax Jacobian dP_ij/dS_il = P_ij (1[j = l] - P_il))
     dQ = dS k * scale,  dK = dS^T q * scale
     dM = dS                       (M enters S with coefficient 1)
 
-delta_i has two forms; the kernels use sum_d G_id O_id, a length-Dv dot product per row, because
+delta_i has two forms; the kernels use sum_d dO_id O_id, a length-Dv dot product per row, because
 it needs O (stored) rather than P (never stored). A row that sees no key has P = 0 and O = 0.
 """
 from __future__ import annotations
