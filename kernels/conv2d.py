@@ -3,7 +3,7 @@
 Notation: input x (N, C, H, W), weight w (K, C/groups, R, S), output y (N, K, Ho, Wo); within a
 group g the kernels see Cg = C/groups input channels and Kg = K/groups output channels.
 
-    y[n, k, oh, ow] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, g*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw]
+    y[n, k, oh, ow] = b[k] + sum_{c, r, s} w[k, c, r, s] * x[n, g*Cg + c, oh*sh - ph + r*δh, ow*sw - pw + s*δw]
 
 Every kernel is a GEMM whose operand tiles are gathered from the tensors as they lie in memory,
 by their strides, so NCHW and channels_last run without copies and im2col is never built:
@@ -334,8 +334,8 @@ def conv2d_backward_input_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=ACC_DTYPE)
     for r in range(0, R):
-        # Input row ih was read by tap r of output row oh iff ih = oh*sh - ph + r*dh, i.e. iff
-        # (ih + ph - r*dh) is a non-negative multiple of the stride. With stride > 1 the other
+        # Input row ih was read by tap r of output row oh iff ih = oh*sh - ph + r*δh, i.e. iff
+        # (ih + ph - r*δh) is a non-negative multiple of the stride. With stride > 1 the other
         # rows simply get no contribution from this tap: they are masked, and no zeros are
         # ever inserted into dz.
         th = ih + pad_h - r * dil_h

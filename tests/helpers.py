@@ -14,14 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-# Chosen per dtype once, from the precision of the dtype itself (about two ulps for fp16/bf16);
-# never widened to make a test pass.
-TOLERANCES = {
-    torch.float64: dict(atol=1e-9, rtol=1e-7),
-    torch.float32: dict(atol=2e-5, rtol=2e-5),
-    torch.float16: dict(atol=1e-3, rtol=2e-3),
-    torch.bfloat16: dict(atol=1e-2, rtol=1.6e-2),
-}
+from tritonprop.tolerances import TOLERANCES  # noqa: F401  (one table for the tests and the lessons)
 
 
 # The dtypes of the parity tests (float64 belongs to gradcheck). The interpreter handles all

@@ -1,4 +1,4 @@
-"""The `tritonprop` command: `info`, `selfcheck`, `bench`, `train` and `predict`.
+"""The `tritonprop` command: `info`, `selfcheck`, `bench`, `train`, `predict` and `lesson`.
 
 `tritonprop info` and `tritonprop selfcheck` cover every op of the op registry
 (tritonprop/registry.py); `tritonprop bench` runs its benchmark case groups (bench/report.py).
@@ -6,6 +6,7 @@
 (models/registry.py): every registered task gets the training loop's options (models/train.py)
 plus its own. A task whose module does not import is listed as unavailable, with the reason.
 `tritonprop train mlp-numpy` is apart: the numpy-only MLP, with no torch in its loop.
+`tritonprop lesson <name>` runs a small experiment that a doc explains (tritonprop/lessons.py).
 """
 from __future__ import annotations
 
@@ -236,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _mlp_numpy_options(mlp)
     mlp.set_defaults(run=_train_mlp_numpy)
+
+    # `tritonprop lesson NAME`: each lesson (tritonprop/lessons.py) adds its own parser and runner.
+    lesson = sub.add_parser("lesson", help="runnable lessons for learners, e.g. `tritonprop lesson conv` "
+                                           "(GPUs hate loops: loop vs unfold vs Triton conv, timed)")
+    from tritonprop import lessons
+
+    lessons.add_parsers(lesson.add_subparsers(dest="lesson", required=True, metavar="LESSON"))
     return parser
 
 
