@@ -22,7 +22,7 @@ N: a_t^T = W_hh h_{t-1}^T. Its grid is a 3-D set of programs, (M tile, K split, 
                      and computes the partial product of that slice with h_{t-1}[b rows, s slice]
 
   phase 1, `_partial_product`: partials[s][b, m] = W_hh[m, s slice] . h_{t-1}[b, s slice]^T
-  phase 2, `_lstm_update` etc.: every hidden unit sums its G gates' S partials in a fixed order,
+  phase 2, `_forward_update`: every hidden unit sums its G gates' S partials in a fixed order,
            adds xproj_t, and runs the cell's update (activations, cell state, output) in one pass.
 
 Phase 2 is split across the same programs by (unit tile, batch tile); it reads partials that
@@ -37,7 +37,7 @@ Two ways to run the steps, with the same phase functions:
     A spin barrier deadlocks unless every program is resident at once, so the launch is
     cooperative and `plan` takes this path only when the grid fits the GPU's SMs at the
     kernel's occupancy;
-  * per step (`recurrence_forward_product_kernel`, `recurrence_forward_update_kernel`): one launch
+  * per step (`recurrence_product_kernel`, `recurrence_forward_update_kernel`): one launch
     per phase per step, the launch boundary being the barrier. This runs under Triton's
     interpreter (which runs a grid's programs one after another, so a spin barrier would never
     be passed by a second program) and wherever the grid does not fit.
@@ -46,7 +46,7 @@ BPTT (`backward`) runs time in reverse with the same two phases in the other ord
 g_t = dL/dh_t from above plus from the future, phase 2 turns g_t (and, for the LSTM, the carried
 dL/dc_t) into the gate gradients dA_t; phase 1 multiplies them by W_hh read transposed
 (dh_{t-1} = dA_h,t W_hh), with the H units of h_{t-1} on M and the G*H gate rows split along K.
-docs/rnn_bptt.md derives every line of the three `_*_backprop` functions.
+docs/rnn_bptt.md derives every line of `_backward_update` for the three cells.
 
 Buffers (per layer, D = number of directions):
   hidden (T + D, B, D*H), input dtype: row 0 holds h0 of the forward direction, rows 1..T the

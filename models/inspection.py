@@ -1,6 +1,6 @@
 """`--inspect`: pictures of what happens inside a network while it trains.
 
-Four PNGs, the diagnostics that say whether a network trains well:
+Five PNGs, the diagnostics that say whether a network trains well:
 
 - ``activations.png``: per layer, the histogram of its outputs, at the first, middle and last
   step of the run. Saturated or dead units show as spikes at the ends or at zero.
@@ -12,6 +12,12 @@ Four PNGs, the diagnostics that say whether a network trains well:
 - ``bn_stats.png`` (only when the model has BatchNorm): per BatchNorm layer, the batch mean and
   the batch variance of its input at every step, averaged over channels, with the range over
   channels shaded. Drifting statistics are what BatchNorm is there to absorb.
+- ``grad_norm.png``: the global L2 norm of all gradients, sqrt(sum over parameters of
+  ||dL/dp||^2), at every step before clipping, on a log scale. With ``--clip-grad MAX_NORM`` it
+  also shows MAX_NORM as a horizontal line and the norm the optimizer step actually used,
+  min(norm, MAX_NORM). Spikes of orders of magnitude are exploding gradients (an RNN's product
+  of Jacobians, docs/rnn_bptt.md); a norm that shrinks steadily towards 0 while the loss stays
+  high, vanishing ones. metrics.json holds the same numbers as ``grad_norm``, one per step.
 
 The layers are the modules that come from `tritonprop.ops` (or torch.nn, for the twin models),
 in the order they first run; at most `MAX_LAYERS` of them, evenly spaced, keep the pictures legible.
@@ -58,12 +64,16 @@ def _sample(tensor: torch.Tensor) -> np.ndarray:
 class Inspector:
     """Hooks on a model that record the pictures' data; `write(out_dir)` draws them.
 
-    The training loop calls `begin_step(step)` before the forward pass, `before_update()` after
-    the backward pass and `after_update(step)` after the optimizer step.
+    The training loop calls `begin_step(step)` before the forward pass, `before_update(grad_norm)`
+    after the backward pass (and the clipping) and `after_update(step)` after the optimizer step.
+    `clip_grad` is the run's --clip-grad threshold (None: no clipping), drawn in grad_norm.png.
     """
 
-    def __init__(self, model: torch.nn.Module, first_step: int, last_step: int):
+    def __init__(self, model: torch.nn.Module, first_step: int, last_step: int, clip_grad: float | None = None):
         self.model = model
+        self.clip_grad = clip_grad
+        self.grad_norm_steps: list[int] = []
+        self.grad_norms: list[float] = []
         self.snapshot_steps = sorted({first_step, (first_step + last_step) // 2, last_step})
         self.capturing = False
         self.step = first_step
@@ -118,7 +128,13 @@ class Inspector:
         self.step = step
         self.capturing = step in self.snapshot_steps
 
-    def before_update(self) -> None:
+    def before_update(self, grad_norm: torch.Tensor | float | None = None) -> None:
+        """grad_norm: the global gradient norm before clipping, as `clip_grad_norm_` returned it;
+        None when nothing was clipped: it is then measured here, from the gradients as they are."""
+        if grad_norm is None:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
+        self.grad_norm_steps.append(self.step)
+        self.grad_norms.append(float(grad_norm))
         self._before = {name: p.detach().clone() for name, p in self.weights.items()}
 
     @torch.no_grad()
@@ -161,6 +177,8 @@ class Inspector:
             written.append(self._save(plt, self._update_ratios(plt), out_dir / "update_ratio.png"))
         if self.bn_stats:
             written.append(self._save(plt, self._batch_norm(plt), out_dir / "bn_stats.png"))
+        if self.grad_norms:
+            written.append(self._save(plt, self._grad_norm(plt), out_dir / "grad_norm.png"))
         return written
 
     @staticmethod
@@ -225,4 +243,21 @@ class Inspector:
             axis.set_xlabel("step")
             axis.set_title(f"BatchNorm input: batch {key} (line: average over channels; band: min..max)")
             axis.legend(fontsize=6)
+        return figure
+
+    def _grad_norm(self, plt):
+        figure, axis = plt.subplots(figsize=(9, 4.5))
+        steps = np.asarray(self.grad_norm_steps) + 1
+        norms = np.asarray(self.grad_norms)
+        axis.plot(steps, norms, color="tab:blue", linewidth=1, label="norm before clipping")
+        if self.clip_grad is not None:
+            axis.plot(steps, np.minimum(norms, self.clip_grad), color="tab:orange", linewidth=1,
+                      label="norm the step used, min(norm, max_norm)")
+            axis.axhline(self.clip_grad, color="black", linestyle="--", linewidth=1,
+                         label=f"--clip-grad {self.clip_grad:g}")
+        axis.set_yscale("log")
+        axis.set_xlabel("step")
+        axis.set_ylabel("global L2 norm of the gradients")
+        axis.set_title("gradient norm per step" + ("" if self.clip_grad is None else ", and after clipping"))
+        axis.legend(fontsize=7)
         return figure

@@ -9,17 +9,24 @@ Names have different lengths, so a batch is padded at the end. The RNN reads lef
 its output at a name's last character is the state after that name alone, whatever padding
 follows; the head reads it there (a gather by length). That is the `h_n` that packing the batch
 (`pack_padded_sequence`) would give, and unlike packing it compiles: torch.compile does not trace
-torch.nn.utils.rnn's packing functions. The loss is `layers.CrossEntropyLoss`.
+torch.nn.utils.rnn's packing functions.
+
+The loss is `layers.CrossEntropyLoss` on the head's logits (`--loss cross_entropy`, the default), or
+with `--loss nll` the model ends in `layers.LogSoftmax` and trains with `layers.NLLLoss`: the same
+loss and the same gradients in two ops instead of one fused op (docs/rnn_bptt.md says why).
+Either way the largest output is the predicted language.
 
     tritonprop train names                      # Faker's surnames, 19 languages
     tritonprop train names --data DIR           # DIR/<Language>.txt, one name per line
     tritonprop train names --cell lstm          # or gru; rnn is the default
+    tritonprop train names --loss nll           # LogSoftmax + NLLLoss instead of CrossEntropyLoss
     tritonprop predict names "Dostoevsky"       # top-3 languages with probabilities
 
-The model records its languages, alphabet and cell in its state_dict (`get_extra_state`), so a
+The model records its languages, alphabet, cell and loss in its state_dict (`get_extra_state`), so a
 checkpoint loaded against data with other classes fails with the class that differs rather than with
-a shape mismatch, or worse, silently with the labels of another class list; one of another cell
-fails with both cells named.
+a shape mismatch, or worse, silently with the labels of another class list; one of another cell or
+loss fails with both named. (`predict` rebuilds the model from the options saved in the checkpoint,
+--cell and --loss among them.)
 """
 from __future__ import annotations
 
@@ -30,9 +37,11 @@ import torch
 from tritonprop.models import data_names
 from tritonprop.models.task import Task
 
-DEFAULTS = dict(embed=32, hidden=128, num_layers=1, cell="rnn")
+DEFAULTS = dict(embed=32, hidden=128, num_layers=1, cell="rnn", loss="cross_entropy")
 # --cell: the name of the recurrent layer in `layers` (tritonprop.ops or torch.nn).
 CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+# --loss: the name of the loss module in `layers`; nll also ends the model in layers.LogSoftmax.
+LOSSES = {"cross_entropy": "CrossEntropyLoss", "nll": "NLLLoss"}
 EVAL_BATCH = 512
 TOP_K = 3
 
@@ -45,27 +54,35 @@ def recurrent_layer(layers, cell: str):
 
 
 class NameClassifier(torch.nn.Module):
-    def __init__(self, languages, alphabet, layers, embed, hidden, num_layers, cell="rnn"):
+    def __init__(self, languages, alphabet, layers, embed, hidden, num_layers, cell="rnn", loss="cross_entropy"):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.languages = list(languages)
         self.alphabet = list(alphabet)
         self.cell = cell
+        self.loss = loss
         self.embedding = torch.nn.Embedding(len(alphabet), embed, padding_idx=0)
         self.rnn = recurrent_layer(layers, cell)(embed, hidden, num_layers=num_layers, batch_first=True)
         self.head = layers.Linear(hidden, len(languages))
+        # --loss nll: the model outputs log-probabilities, which NLLLoss expects.
+        self.log_softmax = layers.LogSoftmax(dim=-1) if loss == "nll" else None
 
     def forward(self, chars: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Logits [B, classes] of padded character indices [B, T] with their lengths [B]."""
+        """Scores [B, classes] of padded character indices [B, T] with their lengths [B]: logits, or
+        with --loss nll log-probabilities (the logits minus each row's log-sum-exp, the same argmax)."""
         output, _ = self.rnn(self.embedding(chars))
         # The top layer's state after each name's last character: output[b, lengths[b] - 1].
         last = (lengths.to(chars.device) - 1).reshape(-1, 1, 1).expand(-1, 1, output.shape[-1])
-        return self.head(output.gather(1, last).squeeze(1))
+        logits = self.head(output.gather(1, last).squeeze(1))
+        return logits if self.log_softmax is None else self.log_softmax(logits)
 
     def get_extra_state(self):
-        return {"languages": self.languages, "alphabet": self.alphabet, "cell": self.cell}
+        return {"languages": self.languages, "alphabet": self.alphabet, "cell": self.cell, "loss": self.loss}
 
     def set_extra_state(self, state):
         check_same_cell(state, self.cell)
+        check_same_loss(state, self.loss)
         check_same_vocabulary("languages", state["languages"], self.languages)
         check_same_vocabulary("alphabet", state["alphabet"], self.alphabet)
 
@@ -75,6 +92,15 @@ def check_same_cell(state: dict, cell: str) -> None:
     saved = state.get("cell", "rnn")
     if saved != cell:
         raise ValueError(f"the checkpoint is of a {saved} model, this model is {cell}: build it with --cell {saved}")
+
+
+def check_same_loss(state: dict, loss: str) -> None:
+    """A checkpoint trained with one loss reloads with that loss (checkpoints from before --loss are cross_entropy):
+    the model's output (logits or log-probabilities) and its training loss depend on it."""
+    saved = state.get("loss", "cross_entropy")
+    if saved != loss:
+        raise ValueError(f"the checkpoint was trained with --loss {saved}, this model with --loss {loss}: "
+                         f"build it with --loss {saved}")
 
 
 def check_same_vocabulary(what: str, saved: list, current: list) -> None:
@@ -97,6 +123,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hidden", type=int, default=DEFAULTS["hidden"], help="RNN hidden size")
     parser.add_argument("--num-layers", type=int, default=DEFAULTS["num_layers"], help="stacked RNN layers")
     add_cell_argument(parser)
+    parser.add_argument("--loss", choices=tuple(LOSSES), default=DEFAULTS["loss"],
+                        help="cross_entropy: CrossEntropyLoss on the logits (one fused op); nll: the model ends in "
+                             "LogSoftmax and trains with NLLLoss (the same loss and gradients, in two ops)")
 
 
 def add_cell_argument(parser) -> None:
@@ -111,7 +140,7 @@ def load_data(data_path: Path | None, seed: int, args) -> data_names.NamesData:
 
 def build_model(data: data_names.NamesData, layers, args) -> NameClassifier:
     return NameClassifier(data.languages, data.alphabet, layers, option(args, "embed"), option(args, "hidden"),
-                          option(args, "num_layers"), option(args, "cell"))
+                          option(args, "num_layers"), option(args, "cell"), option(args, "loss"))
 
 
 def encode_batch(data: data_names.NamesData, examples: list[tuple[str, int]]) -> tuple[torch.Tensor, ...]:
@@ -129,11 +158,18 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _classifier(model: torch.nn.Module) -> NameClassifier:
+    """The NameClassifier itself, also inside the loop's wrappers (DistributedDataParallel, torch.compile)."""
+    return next(module for module in model.modules() if isinstance(module, NameClassifier))
+
+
 def loss(model: torch.nn.Module, batch: tuple, layers) -> torch.Tensor:
     chars, lengths, labels = batch
     device = _device_of(model)
-    logits = model(chars.to(device), lengths)
-    return layers.CrossEntropyLoss()(logits, labels.to(device))
+    scores = model(chars.to(device), lengths)
+    # cross_entropy(logits, y) = nll_loss(log_softmax(logits), y): --loss nll's model applied the log_softmax.
+    criterion = getattr(layers, LOSSES[_classifier(model).loss])()
+    return criterion(scores, labels.to(device))
 
 
 @torch.no_grad()
@@ -209,6 +245,7 @@ def predict(model: torch.nn.Module, data: data_names.NamesData, text: str, devic
     was_training = model.training
     model.eval()
     chars, lengths = data_names.pad_batch([data.encode(name)])
+    # Logits or, with --loss nll, log-probabilities log p: softmax(log p) = p, since the p sum to 1.
     probabilities = torch.softmax(model(chars.to(device), lengths).float(), dim=-1)[0].cpu()
     model.train(was_training)
     top = probabilities.topk(min(TOP_K, len(data.languages)))

@@ -101,8 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser, task: Task) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue from the checkpoint in --out: model, optimizer, step and RNG state")
     parser.add_argument("--inspect", action="store_true",
-                        help="also draw activation and gradient histograms, update-to-data ratios and "
-                             "BatchNorm batch statistics (PNGs in --out)")
+                        help="also draw activation and gradient histograms, update-to-data ratios, "
+                             "BatchNorm batch statistics and the gradient norm per step (PNGs in --out; the "
+                             "norms also go to metrics.json as grad_norm)")
     if task.add_arguments is not None:
         task.add_arguments(parser)
 
@@ -287,10 +288,13 @@ def training_step(model, optimizer, batch, task: Task, layers, *, amp: bool, cli
         loss = task.loss(model, batch, layers)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    grad_norm = None
     if clip_grad is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        # Returns the global L2 norm of the gradients before clipping, and scales them in place so
+        # that their norm is at most clip_grad: the optimizer step below reads the clipped ones.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     if inspector is not None:
-        inspector.before_update()
+        inspector.before_update(grad_norm)  # None: the inspector measures the norm itself
     optimizer.step()
     return loss.detach()
 
@@ -360,7 +364,7 @@ def _run(task: Task, args, layers, distributed: Distributed, device: torch.devic
     if args.inspect and distributed.is_main and start < steps:
         from tritonprop.models.inspection import Inspector
 
-        inspector = Inspector(model, start, steps - 1)
+        inspector = Inspector(model, start, steps - 1, clip_grad=args.clip_grad)
 
     model.train()
     progress = _progress(steps, start, distributed.is_main, task.name)
@@ -392,6 +396,7 @@ def _run(task: Task, args, layers, distributed: Distributed, device: torch.devic
         metrics = _metrics(task, args, model, data, device, distributed, losses, steps, start, train_seconds)
         if inspector is not None:
             metrics["inspect"] = inspector.write(out)
+            metrics["grad_norm"] = inspector.grad_norms
         (out / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     distributed.barrier()
     return metrics

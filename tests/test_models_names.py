@@ -3,13 +3,16 @@
 Each model is built twice from the same code, once on tritonprop.ops and once on torch.nn, with the
 same weights (state_dict copied across), the same batches and the same optimizer. The losses of
 every step must agree within the fp32 tolerance. Sizes are tiny: every kernel runs interpreted.
-Both models are checked with each recurrent cell (`--cell rnn`, `lstm`, `gru`).
+Both models are checked with each recurrent cell (`--cell rnn`, `lstm`, `gru`), and the classifier's
+`--loss nll` (LogSoftmax + NLLLoss) against its default cross-entropy.
 """
 from __future__ import annotations
 
 import importlib
 import math
 import types
+
+import json
 
 import pytest
 import torch
@@ -62,6 +65,19 @@ NAMEGEN_ARGS = types.SimpleNamespace(embed=8, language_embed=4, hidden=8, num_la
 
 def with_cell(args: types.SimpleNamespace, cell: str) -> types.SimpleNamespace:
     return types.SimpleNamespace(**vars(args), cell=cell)
+
+
+def with_loss(args: types.SimpleNamespace, loss: str) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**vars(args), loss=loss)
+
+
+def write_names_dir(tmp_path):
+    """Two languages of three names each, as `--data DIR` expects them."""
+    data_dir = tmp_path / "names"
+    data_dir.mkdir()
+    for language, surnames in {"German": "Muller Schmidt Weber", "Italian": "Rossi Russo Ricci"}.items():
+        (data_dir / f"{language}.txt").write_text("\n".join(surnames.split()) + "\n", encoding="utf-8")
+    return data_dir
 
 
 # Each gated cell runs once in the default run (the GRU here, the LSTM in the generator, whose
@@ -190,10 +206,7 @@ def test_checkpoint_of_another_cell_names_both_cells(task):
 def test_cli_trains_and_reloads_an_lstm(tmp_path, capsys):
     """`train namegen --cell lstm` saves the cell with its options; `predict` rebuilds an LSTM and samples
     with its (h, c) state."""
-    data_dir = tmp_path / "names"
-    data_dir.mkdir()
-    for language, surnames in {"German": "Muller Schmidt Weber", "Italian": "Rossi Russo Ricci"}.items():
-        (data_dir / f"{language}.txt").write_text("\n".join(surnames.split()) + "\n", encoding="utf-8")
+    data_dir = write_names_dir(tmp_path)
     out = tmp_path / "run"
     assert cli.main(["train", "namegen", "--cell", "lstm", "--device", "cpu", "--steps", "1", "--batch-size", "2",
                      "--data", str(data_dir), "--out", str(out), "--embed", "4", "--language-embed", "2",
@@ -210,3 +223,73 @@ def test_cli_rejects_an_unknown_cell(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "names", "--cell", "transformer"])
     assert "invalid choice: 'transformer'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# --loss nll: LogSoftmax + NLLLoss is cross-entropy, split in two ops
+# ------------------------------------------------------------------------------------------------
+
+
+def test_nll_loss_equals_cross_entropy_in_value_and_gradients():
+    """The same weights and batch through `--loss cross_entropy` (one fused op on the logits) and `--loss nll`
+    (LogSoftmax in the model, then NLLLoss): the same loss and the same gradient for every parameter, in fp64."""
+    data = tiny_names()
+    layers = tritonprop_layers()
+    models = {}
+    for loss in names.LOSSES:
+        torch.manual_seed(0)  # the same initialisation for both: LogSoftmax has no parameters
+        models[loss] = names.build_model(data, layers, with_loss(NAMES_ARGS, loss)).double()
+    ce, nll = models["cross_entropy"], models["nll"]
+    assert isinstance(nll.log_softmax, ops.LogSoftmax) and ce.log_softmax is None
+    for (name, p), q in zip(ce.named_parameters(), nll.parameters()):
+        assert torch.equal(p, q), f"{name}: the two models must start from the same weights"
+    batch = names.encode_batch(data, data.train[:6])
+    losses = {loss: names.loss(model, batch, layers) for loss, model in models.items()}
+    for loss in losses.values():
+        loss.backward()
+    assert_close(losses["nll"], losses["cross_entropy"], name="NLL(log_softmax(z), y) vs CE(z, y)")
+    for (name, p), q in zip(ce.named_parameters(), nll.parameters()):
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert_close(q.grad, p.grad, name=f"{name}.grad, nll vs cross_entropy")
+    chars, lengths, labels = batch
+    with torch.no_grad():
+        logits, log_probs = ce(chars, lengths), nll(chars, lengths)
+    # Both losses are torch's cross-entropy of the logits ...
+    assert_close(losses["cross_entropy"], torch.nn.functional.cross_entropy(logits, labels),
+                 name="CE vs torch's cross_entropy")
+    # ... and log-probabilities rank the languages as the logits do: the same predictions.
+    assert torch.equal(log_probs.argmax(-1), logits.argmax(-1))
+    assert_close(log_probs.exp().sum(-1), torch.ones(len(labels), dtype=torch.float64),
+                 name="probabilities of the nll model sum to 1")
+
+
+def test_checkpoint_of_another_loss_names_both_losses():
+    data = tiny_names()
+    saved = names.build_model(data, torch.nn, with_loss(NAMES_ARGS, "nll")).state_dict()
+    model = names.build_model(data, torch.nn, NAMES_ARGS)
+    with pytest.raises(ValueError, match="trained with --loss nll, this model with --loss cross_entropy"):
+        model.load_state_dict(saved)
+    # A checkpoint from before --loss has no loss in its extra state: it is a cross-entropy model's.
+    saved = model.state_dict()
+    saved["_extra_state"] = {key: value for key, value in saved["_extra_state"].items() if key != "loss"}
+    names.build_model(data, torch.nn, NAMES_ARGS).load_state_dict(saved)
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        names.build_model(data, torch.nn, with_loss(NAMES_ARGS, "mse"))
+
+
+def test_cli_trains_and_predicts_with_nll(tmp_path, capsys):
+    """`train names --loss nll` trains a few steps with a finite loss; the checkpoint keeps --loss, so
+    `predict names` rebuilds the LogSoftmax model and prints probabilities that sum to 1."""
+    out = tmp_path / "run"
+    assert cli.main(["train", "names", "--loss", "nll", "--device", "cpu", "--steps", "3", "--batch-size", "2",
+                     "--data", str(write_names_dir(tmp_path)), "--out", str(out), "--embed", "4", "--hidden", "4"]) == 0
+    assert "names: 3 steps" in capsys.readouterr().out
+    losses = json.loads((out / train.METRICS).read_text())["losses"]
+    assert len(losses) == 3 and all(math.isfinite(loss) and loss > 0 for loss in losses), losses
+    assert torch.load(out / train.CHECKPOINT, weights_only=False)["options"]["loss"] == "nll"
+    model, _ = train.load_for_prediction(names.TASK, out, torch.device("cpu"))
+    assert model.loss == "nll" and isinstance(model.log_softmax, ops.LogSoftmax)
+    assert cli.main(["predict", "names", "Rossetti", "--out", str(out), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert {line.split()[0] for line in lines} == {"German", "Italian"}
+    assert sum(float(line.split()[-1]) for line in lines) == pytest.approx(1.0, abs=2e-3)

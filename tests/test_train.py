@@ -16,7 +16,7 @@ from tritonprop.cli import build_parser
 from tritonprop.models import cnn, train
 from tritonprop.models.inspection import Inspector
 from test_data_mnist import write_real_digits_dir
-from helpers import require_demo_packages
+from helpers import TOLERANCES, assert_close, require_demo_packages
 
 require_demo_packages()
 
@@ -89,11 +89,17 @@ def test_checkpoint_loads_back(uninterrupted):
     assert data.image_size == 8 and len(data.val_y) == 24
 
 
-def test_inspect_pictures(uninterrupted):
+def test_inspect_pictures(uninterrupted, resumed):
     out, metrics = uninterrupted
-    assert metrics["inspect"] == ["activations.png", "gradients.png", "update_ratio.png", "bn_stats.png"]
+    assert metrics["inspect"] == ["activations.png", "gradients.png", "update_ratio.png", "bn_stats.png",
+                                  "grad_norm.png"]
     for name in metrics["inspect"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    # One gradient norm per step in metrics.json, and only with --inspect.
+    norms = json.loads((out / train.METRICS).read_text())["grad_norm"]
+    assert len(norms) == 4 and all(0 < norm < float("inf") for norm in norms), norms
+    _, first, second = resumed
+    assert "grad_norm" not in first and "grad_norm" not in second
 
 
 def test_compile_trains_with_the_eager_losses(tmp_path, uninterrupted, digits_dir):
@@ -160,6 +166,32 @@ def test_clip_grad_limits_the_gradient_norm():
     assert unclipped > 0 and _grad_norm(model) == pytest.approx(unclipped / 10, rel=1e-4)
 
 
+def test_optimizer_step_uses_the_clipped_gradient(tmp_path):
+    """SGD (no momentum, no weight decay) moves each parameter by -lr * its gradient, so the change must be
+    -lr * the clipped gradient g * max_norm / ||g||; a clip applied after optimizer.step() would leave
+    -lr * g. The inspector records ||g||, the norm before clipping."""
+    model, data = _tiny_model(torch.nn)
+    batch = next(cnn.batches(data, 8, torch.Generator().manual_seed(0)))
+    # The unclipped gradient at the starting weights, outside training_step.
+    cnn.TASK.loss(model, batch, torch.nn).backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters()])
+    norm = float(torch.linalg.vector_norm(grad))
+    max_norm, lr = norm / 10, 1.0
+    before = torch.cat([p.detach().flatten() for p in model.parameters()])
+    inspector = Inspector(model, 0, 0, clip_grad=max_norm)
+    inspector.begin_step(0)
+    train.training_step(model, torch.optim.SGD(model.parameters(), lr=lr), batch, cnn.TASK, torch.nn, amp=False,
+                        clip_grad=max_norm, inspector=inspector)
+    inspector.after_update(0)
+    inspector.remove()
+    change = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+    assert_close(change, -lr * grad * (max_norm / norm), name="parameter change vs -lr * clipped gradient")
+    unclipped = -lr * grad
+    assert not torch.allclose(change, unclipped, **TOLERANCES[torch.float32]), "the step used the unclipped gradient"
+    assert inspector.grad_norms == [pytest.approx(norm, rel=1e-5)]
+    assert "grad_norm.png" in inspector.write(tmp_path)
+
+
 def test_amp_runs_the_kernels_in_bf16_on_the_cpu():
     model, data = _tiny_model(ops)
     seen = []
@@ -178,12 +210,14 @@ def test_inspector_without_batch_norm(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     inspector = Inspector(model, 0, 2)
+    norms = []
     for step in range(3):
         inspector.begin_step(step)
         loss = model(torch.randn(5, 3)).square().mean()
         optimizer.zero_grad()
         loss.backward()
-        inspector.before_update()
+        norms.append(_grad_norm(model))
+        inspector.before_update()  # no norm given (nothing clipped): the inspector measures it
         optimizer.step()
         inspector.after_update(step)
     inspector.remove()
@@ -191,7 +225,8 @@ def test_inspector_without_batch_norm(tmp_path):
     assert inspector.layer_order == ["0", "1", "2"]
     # Weight matrices only (dim >= 2): one ratio per step each.
     assert {name: len(r) for name, r in inspector.ratios.items()} == {"0.weight": 3, "2.weight": 3}
-    assert inspector.write(tmp_path) == ["activations.png", "gradients.png", "update_ratio.png"]
+    assert inspector.grad_norms == pytest.approx(norms, rel=1e-6) and inspector.grad_norm_steps == [0, 1, 2]
+    assert inspector.write(tmp_path) == ["activations.png", "gradients.png", "update_ratio.png", "grad_norm.png"]
 
 
 def test_shard_splits_every_tensor_along_the_batch(monkeypatch):
