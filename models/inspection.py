@@ -241,7 +241,7 @@ class Inspector:
                 axis.fill_between(steps, per_step.min(1), per_step.max(1), color=colour, alpha=0.15)
         for axis, key in zip(axes, ("mean", "variance")):
             axis.set_xlabel("step")
-            axis.set_title(f"BatchNorm input: batch {key} (line: average over channels; band: min..max)")
+            axis.set_title(f"BatchNorm input: batch {key}\n(line: average over channels; band: min..max)")
             axis.legend(fontsize=6)
         return figure
 
