@@ -1,4 +1,5 @@
-"""The Elman RNN unrolled in Python, with autograd doing BPTT: the oracle for kernels/rnn.py.
+"""The Elman RNN unrolled in Python, with autograd doing BPTT: the oracle for the
+kernels of kernels/rnn.py (one step) and kernels/recurrence.py (the sequence).
 
 One step (the cell), for a batch of inputs x (B, I) and states h (B, H):
 

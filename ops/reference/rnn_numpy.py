@@ -18,7 +18,7 @@ their gradients sum over steps:
     dx_t  = dz_t W_ih               dh0   = dz_0 W_hh
 
 Only the recurrence for dh_t is sequential; everything else is one matrix product over all steps
-at once, which is how kernels/rnn.py computes it.
+at once, which is how kernels/recurrence.py computes it.
 """
 from __future__ import annotations
 
