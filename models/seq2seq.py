@@ -32,6 +32,8 @@ PAD, UNK = "<pad>", "<unk>"
 BOS, EOS = "<s>", "</s>"
 TARGET_VOCAB = [PAD, BOS, EOS] + list("0123456789-")
 ISO_LENGTH = 10
+# How many held-out examples translations.txt shows.
+TRANSLATIONS = 200
 EVAL_BATCH = 500
 
 
@@ -142,13 +144,14 @@ def tokens_to_text(tokens: list[int]) -> str:
 def evaluate(model: torch.nn.Module, data: DatesData, device) -> dict:
     was_training = model.training
     model.eval()
-    exact, chars = [], []
+    exact, chars, answers = [], [], []
     for start in range(0, len(data.pairs.val), EVAL_BATCH):
         src, _, tgt_out = encode_batch(data, data.pairs.val[start: start + EVAL_BATCH])
         decoded = decode(model, src.to(device)).cpu()
         correct = decoded == tgt_out[:, :ISO_LENGTH]
         exact.append(correct.all(1))
         chars.append(correct.float().mean(1))
+        answers += [tokens_to_text(tokens) for tokens in decoded.tolist()]
     model.train(was_training)
     exact, chars = torch.cat(exact), torch.cat(chars)
     by_format = {}
@@ -168,20 +171,16 @@ def evaluate(model: torch.nn.Module, data: DatesData, device) -> dict:
         "accuracy_by_format": by_format,
         "tokenization": data.tokenization,
         "source_vocab": len(data.source_vocab),
+        # The model's answers to the first held-out dates, which `artifacts` writes out (and replaces
+        # by the file's name): greedy decoding twice would double the cost of evaluation.
+        "translations": answers[:TRANSLATIONS],
     }
 
 
 def artifacts(model: torch.nn.Module, data: DatesData, out_dir: Path, device, metrics: dict) -> dict:
-    """A text file of held-out examples with the model's answers, mistakes first."""
-    examples = data.pairs.val[:200]
-    src, _, _ = encode_batch(data, examples)
-    was_training = model.training
-    model.eval()
-    decoded = decode(model, src.to(device)).cpu().tolist()
-    model.train(was_training)
+    """A text file of held-out examples with the model's answers (decoded by `evaluate`), mistakes first."""
     lines = []
-    for tokens, (text, iso, _) in zip(decoded, examples):
-        answer = tokens_to_text(tokens)
+    for answer, (text, iso, _) in zip(metrics["translations"], data.pairs.val):
         lines.append(f"{'ok   ' if answer == iso else 'WRONG'} {text!r:<40} -> {answer}  (true {iso})")
     lines.sort()
     path = Path(out_dir) / "translations.txt"

@@ -69,9 +69,10 @@ def sum_partials_variants(acc, out_dtype, copy_dtype=None):
             yield K.sum_partials_kernel, pointer, dict(blocks, HAS_COPY=has_copy, ACC_DTYPE=acc)
 
 
-# The dtypes a group's quick subset keeps, as attention's does: bf16 (tensor cores, fp32
-# accumulators) and fp64 (fp64 accumulators); fp16 and fp32 compile under -m slow.
-QUICK_DTYPES = ("bf16", "fp64")
+# The dtypes a group's quick subset keeps: bf16, the training dtype (tensor cores, fp32
+# accumulators). fp16, fp32 and fp64 (fp64 accumulators) compile under -m slow; the default test
+# run has no time for them on 2 cores.
+QUICK_DTYPES = ("bf16",)
 
 
 def _dtypes(variants, full):
@@ -80,7 +81,7 @@ def _dtypes(variants, full):
 
 
 def batch_norm_kernels(full=True):
-    """Every batch_norm variant, or (full=False) the bf16 and fp64 ones."""
+    """Every batch_norm variant, or (full=False) the bf16 ones."""
     from tritonprop.kernels import batchnorm as K
 
     for x_dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
@@ -108,7 +109,7 @@ def batch_norm_kernels(full=True):
 
 
 def conv2d_kernels(full=True):
-    """Every conv2d variant, or (full=False) the bf16 and fp64 ones."""
+    """Every conv2d variant, or (full=False) the bf16 ones."""
     from tritonprop.kernels import conv2d as K
 
     for dtype, acc, precisions in _dtypes((("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
@@ -145,7 +146,7 @@ def conv2d_kernels(full=True):
 
 
 def elementwise_kernels(full=True):
-    """Every activation variant, or (full=False) the bf16 and fp64 ones."""
+    """Every activation variant, or (full=False) the bf16 ones."""
     from tritonprop.kernels import elementwise as K
 
     for dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
@@ -163,7 +164,7 @@ def elementwise_kernels(full=True):
 
 
 def dropout_kernels(full=True):
-    """Every dropout variant, or (full=False) the bf16 and fp64 ones."""
+    """Every dropout variant, or (full=False) the bf16 ones."""
     from tritonprop.kernels import dropout as K
 
     for dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
@@ -176,7 +177,7 @@ def dropout_kernels(full=True):
 
 
 def layer_norm_kernels(full=True):
-    """Every layer_norm variant, or (full=False) the bf16 and fp64 ones."""
+    """Every layer_norm variant, or (full=False) the bf16 ones."""
     from tritonprop.kernels import layernorm as K
 
     for x_dtype, acc in _dtypes((("bf16", tl.float32), ("fp16", tl.float32), ("fp32", tl.float32),
@@ -208,7 +209,7 @@ def layer_norm_kernels(full=True):
 
 
 def cross_entropy_kernels(full=True):
-    """Every cross_entropy, log_softmax and nll_loss variant, or (full=False) the bf16 and fp64 ones."""
+    """Every cross_entropy, log_softmax and nll_loss variant, or (full=False) the bf16 ones."""
     from tritonprop.kernels import cross_entropy as K
 
     statistics = {"lse_ptr", "part_loss_ptr", "part_weight_ptr", "weight_sum_ptr", "total_weight_ptr", "smoothing_ptr",
@@ -254,7 +255,7 @@ def cross_entropy_kernels(full=True):
 
 
 def linear_kernels(full=True):
-    """Every linear variant, or (full=False) the bf16 and fp64 ones."""
+    """Every linear variant, or (full=False) the bf16 ones."""
     from tritonprop.kernels import linear as K
 
     for dtype, acc, precisions in _dtypes((("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
@@ -285,7 +286,7 @@ def linear_kernels(full=True):
 
 def rnn_kernels(full=True):
     """The RNN cell (the sequence runs on the recurrence engine: `recurrence_kernels`); with
-    full=False its bf16 and fp64 variants."""
+    full=False its bf16 variants."""
     from tritonprop.kernels import rnn as K
 
     for dtype, acc, precisions in _dtypes((("bf16", tl.float32, ["ieee"]), ("fp16", tl.float32, ["ieee"]),
@@ -303,7 +304,7 @@ def rnn_kernels(full=True):
 def recurrence_kernels(full=True):
     """The recurrence engine of the RNN, LSTM and GRU: for every cell, the persistent kernels
     (grid barrier included) and the per-step ones, at the tiles `plan` gives the RNN benchmark
-    shapes, in both directions, with lengths. The quick subset: bf16 and fp64, reverse with
+    shapes, in both directions, with lengths. The quick subset: bf16, reverse with
     lengths; full: every dtype and precision, and both directions with and without lengths."""
     from tritonprop.kernels import recurrence as K
 
@@ -345,7 +346,7 @@ def recurrence_kernels(full=True):
 
 def attention_kernels(full=True):
     """Every attention variant (full=True, about 80: minutes on a cold cache), or the quick subset
-    the default test run compiles: bf16 at head dims 64 and 256 with every feature on, and fp64."""
+    the default test run compiles: bf16 at head dims 64 and 256 with every feature on."""
     from tritonprop.kernels import attention as K
 
     statistics = {"lse_ptr", "delta_ptr", "ds_ptr", "scales_ptr"}
