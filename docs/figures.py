@@ -651,7 +651,8 @@ def inspect_pictures(out: Path, work: Path, tiny: bool) -> list[Path]:
 def clipping(out: Path, work: Path, tiny: bool) -> list[Path]:
     """The name classifier twice from one seed, without and with --clip-grad: the gradient norm per step
     (metrics.json's grad_norm, before clipping) and the loss; plus the unclipped run's activations
-    (a tanh RNN pushed into saturation by the high learning rate) as inspect_activations_rnn.png."""
+    (a tanh RNN pushed into saturation by the high learning rate) as inspect_activations_rnn.png, and
+    the clipped run's own grad_norm.png as inspect_grad_norm.png."""
     extra = NAMES_TINY + ["--data", str(_tiny_names_dir(work / "names-data"))] if tiny else []
     runs = {"without clipping": _train(NAMES_RUN + extra, work / "noclip"),
             f"--clip-grad {CLIP_AT:g}": _train(NAMES_RUN + extra + ["--clip-grad", str(CLIP_AT)], work / "clip")}
@@ -698,6 +699,7 @@ def clipping(out: Path, work: Path, tiny: bool) -> list[Path]:
     figure.tight_layout()
     written = [_save(figure, out, "clipping")]
     written.append(_copy(work / "noclip" / "activations.png", out, "inspect_activations_rnn"))
+    written.append(_copy(work / "clip" / "grad_norm.png", out, "inspect_grad_norm"))
     return written
 
 
@@ -705,7 +707,7 @@ RUNS = {"inspect": inspect_pictures, "clipping": clipping}
 # Every picture this script writes, by the part that draws it.
 OUTPUTS = {**{name: [name] for name in DIAGRAMS},
            "inspect": [f"inspect_{name}" for name in INSPECT_PICTURES],
-           "clipping": ["clipping", "inspect_activations_rnn"]}
+           "clipping": ["clipping", "inspect_activations_rnn", "inspect_grad_norm"]}
 
 
 def main(argv=None) -> list[Path]:
