@@ -27,6 +27,7 @@ import torch
 
 from tritonprop import backend, ops
 from tritonprop.models.train import positive_int
+from tritonprop.bench.timing import synchronize
 from tritonprop.ops.reference.conv2d import conv2d_geometry, conv2d_loop, conv2d_unfold
 from tritonprop.tolerances import TOLERANCES  # what "agree" means in the test suite too
 
@@ -78,11 +79,6 @@ class Timing(NamedTuple):
     outputs: list  # y, dx, dw, db of the warm-up run, for the agreement check
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_method(fn, size: ConvSize, inputs, upstream, repeats: int) -> Timing:
     """One warm-up run (compiles or parses the kernels, fills caches), then `repeats` timed runs.
 
@@ -93,13 +89,13 @@ def _time_method(fn, size: ConvSize, inputs, upstream, repeats: int) -> Timing:
     device = inputs[0].device
     for run in range(repeats + 1):
         x, w, b = (t.detach().clone().requires_grad_() for t in inputs)
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         y = fn(x, w, b, 1, size.R // 2)
-        _synchronize(device)
+        synchronize(device)
         forward_done = time.perf_counter()
         y.backward(upstream)
-        _synchronize(device)
+        synchronize(device)
         end = time.perf_counter()
         if run == 0:
             outputs = [y.detach(), x.grad, w.grad, b.grad]
